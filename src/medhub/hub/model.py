@@ -1,0 +1,72 @@
+"""The contract every model meets.
+
+A model is an object with a ``card`` (:class:`~medhub.hub.card.ModelCard`) and a ``predict`` method that
+takes a :class:`~medhub.io.volume.Volume` and returns a :class:`Prediction`. Models never open files:
+the runner reads inputs and writes outputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from medhub.hub.card import ModelCard, load_card, sha256_file
+from medhub.io.volume import Volume
+
+
+@dataclass
+class Prediction:
+    """What a model returns for one case.
+
+    Parameters
+    ----------
+    labels:
+        Label map on the input grid, shape ``(slices, rows, columns)``, dtype uint8; values are the card's
+        segment labels, 0 is background. ``None`` for models without segments.
+    values:
+        Scalar outputs by the card's value names, in the card's units.
+    warnings:
+        Things the user should know about this case (e.g. a reported gap); they go into the run record.
+    extra:
+        Model-specific details to keep in the JSON record (must be JSON-serialisable).
+    """
+
+    labels: np.ndarray | None = None
+    values: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Model(Protocol):
+    card: ModelCard
+
+    def predict(self, volume: Volume) -> Prediction: ...
+
+
+class FolderModel:
+    """Base class for a model whose card (and weights, reference data) sit in one folder.
+
+    Subclasses set ``folder`` to their directory (usually ``Path(__file__).parent``) and implement
+    :meth:`predict`.
+    """
+
+    folder: Path
+
+    def __init__(self) -> None:
+        self.card = load_card(self.folder / "card.yaml")
+
+    @property
+    def weights_path(self) -> Path | None:
+        return self.folder / self.card.weights.file if self.card.weights else None
+
+    def weights_sha256(self) -> str | None:
+        """sha256 of the weights file on disk (``None`` for a model without weights)."""
+        path = self.weights_path
+        return sha256_file(path) if path is not None and path.exists() else None
+
+    def predict(self, volume: Volume) -> Prediction:  # pragma: no cover - abstract
+        raise NotImplementedError
