@@ -1,0 +1,3 @@
+from medhub.cli import main
+
+main()

@@ -1,0 +1,151 @@
+"""Finding the cases in an input path: DICOM series, volume files, or a folder of sessions."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medhub.errors import InputError
+from medhub.io.dicom import DicomSeries, scan_dicom
+from medhub.io.nifti import is_volume_file, read_volume
+from medhub.io.volume import Volume
+
+
+@dataclass
+class Case:
+    """One unit of work for a model: a DICOM series or a volume file.
+
+    ``id`` names the case's output folder; it is derived from the input's relative location, so it is stable
+    across runs.
+    """
+
+    id: str
+    path: Path
+    series: DicomSeries | None = None
+
+    @property
+    def label(self) -> str:
+        """How messages name this case: ``series <uid>`` for DICOM, the file path otherwise."""
+        return f"series {self.series.uid}" if self.series is not None else str(self.path)
+
+    @property
+    def modality(self) -> str | None:
+        return (self.series.modality or None) if self.series is not None else None
+
+    def load(self, workers: int | None = None) -> Volume:
+        if self.series is not None:
+            return self.series.load(workers=workers)
+        return read_volume(self.path)
+
+    def input_record(self) -> dict[str, Any]:
+        """What the provenance record says about this input."""
+        if self.series is None:
+            return {"kind": "volume-file", "path": str(self.path)}
+        headers = self.series.headers
+        return {
+            "kind": "dicom-series",
+            "path": str(self.path),
+            "study_instance_uid": str(headers[0].get("StudyInstanceUID", "")),
+            "series_instance_uid": self.series.uid,
+            "modality": self.series.modality,
+            "series_description": self.series.description,
+            "instances": len(self.series.files),
+            "surrogate_uids": dict(self.series.surrogate_uids),
+            "geometry": self.series.geometry.messages(),
+        }
+
+
+@dataclass
+class Discovery:
+    cases: list[Case]
+    non_dicom_files: int = 0
+    unreadable: list[tuple[Path, str]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "case"
+
+
+def _common_folder(files: list[Path]) -> Path:
+    return Path(os.path.commonpath([f.parent for f in files]))
+
+
+def discover_cases(path: str | Path, progress: Callable[[int, int], None] | None = None) -> Discovery:
+    """Find every case under ``path``.
+
+    * a volume file (NIfTI, NRRD, MHA) is one case;
+    * a DICOM file or folder tree yields one case per series (mixed series are split);
+    * volume files found in a folder tree are cases too.
+
+    An input with no case at all is an :class:`InputError` that says what was found instead.
+    """
+    root = Path(path)
+    if not root.exists():
+        raise InputError(root, "input not found", code="not-found")
+    if root.is_file() and is_volume_file(root):
+        return Discovery(cases=[Case(id=_slug(_volume_stem(root)), path=root)])
+
+    scan = scan_dicom(root, progress=progress)
+    volume_files = sorted(p for p in root.rglob("*") if p.is_file() and is_volume_file(p)) if root.is_dir() else []
+    base = root if root.is_dir() else root.parent
+
+    cases: list[Case] = []
+    for series in scan.series:
+        folder = _common_folder(series.files)
+        rel = folder.relative_to(base) if folder.is_relative_to(base) else Path(folder.name)
+        name = _slug(str(rel)) if str(rel) != "." else _slug(base.name)
+        cases.append(Case(id=name, path=folder, series=series))
+    for file in volume_files:
+        rel = file.relative_to(base)
+        cases.append(Case(id=_slug(str(rel.parent / _volume_stem(file))), path=file))
+    _make_ids_unique(cases)
+
+    warnings = [w for s in scan.series for w in s.warnings]
+    non_dicom = scan.non_dicom_files - len(volume_files)
+    if not cases:
+        raise InputError(root, _nothing_found(root, non_dicom, scan.unreadable), code=_nothing_code(scan))
+    return Discovery(cases=cases, non_dicom_files=max(non_dicom, 0), unreadable=scan.unreadable,
+                     warnings=warnings)
+
+
+def _volume_stem(path: Path) -> str:
+    name = path.name
+    for suffix in (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def _make_ids_unique(cases: list[Case]) -> None:
+    """Series that share a folder get a short, stable suffix from their UID."""
+    counts: dict[str, int] = {}
+    for case in cases:
+        counts[case.id] = counts.get(case.id, 0) + 1
+    for case in cases:
+        if counts[case.id] > 1 and case.series is not None:
+            number = case.series.headers[0].get("SeriesNumber")
+            tag = f"s{number}" if number not in (None, "") else ""
+            digest = hashlib.sha1(case.series.uid.encode()).hexdigest()[:6]
+            case.id = f"{case.id}_{tag}_{digest}" if tag else f"{case.id}_{digest}"
+
+
+def _nothing_found(root: Path, non_dicom: int, unreadable: list[tuple[Path, str]]) -> str:
+    if unreadable:
+        first_path, first_reason = unreadable[0]
+        more = f" (and {len(unreadable) - 1} more unreadable files)" if len(unreadable) > 1 else ""
+        return f"no readable DICOM series: {first_path}: {first_reason}{more}"
+    if root.is_dir() and not any(root.iterdir()):
+        return "empty folder: no DICOM series or volume files"
+    if non_dicom:
+        return f"no DICOM series or volume files found ({non_dicom} non-DICOM files skipped)"
+    return "no DICOM series or volume files found"
+
+
+def _nothing_code(scan: Any) -> str:
+    return "unreadable" if scan.unreadable else "no-input"

@@ -1,0 +1,63 @@
+"""Where models come from: the built-in ones, and third-party packages through entry points.
+
+A third-party package makes its model available to ``medhub run`` by declaring, in its ``pyproject.toml``::
+
+    [project.entry-points."medhub.models"]
+    my-model = "my_package.model:MyModel"
+
+The entry point's name is the model id; the object it points to is a class (or factory) that takes no
+arguments and returns an object meeting :class:`medhub.hub.model.Model`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from functools import cache
+from importlib.metadata import entry_points
+
+from medhub.errors import ModelError
+from medhub.hub.model import Model
+
+ENTRY_POINT_GROUP = "medhub.models"
+
+#: Models that ship with medhub: id -> "module:attribute".
+BUILTIN_MODELS: dict[str, str] = {
+    "lung-ct": "medhub.models.lung_ct:LungCT",
+}
+
+
+def _load_target(target: str) -> Callable[[], Model]:
+    module_name, _, attribute = target.partition(":")
+    return getattr(importlib.import_module(module_name), attribute)
+
+
+def available_models() -> dict[str, str]:
+    """Model id -> where it comes from (``"built-in"`` or the distribution that provides it)."""
+    found = dict.fromkeys(BUILTIN_MODELS, "built-in")
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name not in found:
+            found[ep.name] = ep.dist.name if ep.dist else ep.value
+    return found
+
+
+@cache
+def get_model(model_id: str) -> Model:
+    """Instantiate a model by id (built-ins win over a third-party package that reuses their id)."""
+    if model_id in BUILTIN_MODELS:
+        factory = _load_target(BUILTIN_MODELS[model_id])
+    else:
+        matches = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == model_id]
+        if not matches:
+            known = ", ".join(sorted(available_models())) or "none"
+            raise ModelError(model_id, f"unknown model (available: {known})", code="unknown-model")
+        try:
+            factory = matches[0].load()
+        except Exception as e:  # a broken plugin must not take the whole CLI down
+            raise ModelError(model_id, f"cannot load model plugin {matches[0].value}: {e}",
+                             code="plugin-error") from e
+    model = factory()
+    if model.card.id != model_id:
+        raise ModelError(model_id, f"model registered as {model_id!r} has card id {model.card.id!r}",
+                         code="card-mismatch")
+    return model

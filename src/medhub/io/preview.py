@@ -1,0 +1,81 @@
+"""A quick-look PNG: one axial and one coronal slice with the segments drawn over them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from medhub.hub.card import SegmentSpec
+from medhub.io.files import atomic_path
+from medhub.io.volume import Volume
+
+_FALLBACK_COLORS = [(230, 80, 60), (60, 140, 230), (80, 200, 90), (240, 200, 40), (200, 90, 220)]
+
+
+def window(array: np.ndarray, level: float = -300.0, width: float = 1400.0) -> np.ndarray:
+    """Map intensities to 0..255 with a CT window (level/width in HU; the default shows lung and soft tissue)."""
+    low = level - width / 2
+    return (np.clip((array.astype(np.float32) - low) / width, 0, 1) * 255).astype(np.uint8)
+
+
+def _to_patient_view(volume: Volume, array: np.ndarray) -> np.ndarray:
+    """Reorder a (slice,row,col) array so rows run anterior→posterior, columns patient right→left and slices
+    foot→head (radiological display of an axial slice), whatever the acquisition orientation."""
+    # Array axis a points mostly along LPS axis `dominant[a]`.
+    dominant = np.argmax(np.abs(volume.direction), axis=0)
+    sign = np.sign(volume.direction[dominant, range(3)])
+    order = [int(np.where(dominant == lps)[0][0]) for lps in (2, 1, 0)]  # S, P, L
+    out = np.transpose(array, order)
+    for axis, source_axis in enumerate(order):
+        if sign[source_axis] < 0:
+            out = np.flip(out, axis)
+    return out
+
+
+def write_overlay_png(
+    volume: Volume, labels: np.ndarray, segments: Sequence[SegmentSpec], path: str | Path,
+    level: float = -300.0, width: float = 1400.0,
+) -> Path:
+    """Write an axial and a coronal slice side by side, each through the labels' centre of mass.
+
+    Pixels are resampled to square millimetres so anatomy keeps its proportions.
+    """
+    image = _to_patient_view(volume, volume.array)
+    mask = _to_patient_view(volume, labels)
+    dominant = np.argmax(np.abs(volume.direction), axis=0)
+    spacing = np.asarray(volume.spacing)
+    sz, sy, sx = (spacing[np.where(dominant == lps)[0][0]] for lps in (2, 1, 0))
+    if mask.any():
+        cz, cy, _ = (int(round(c)) for c in np.argwhere(mask).mean(axis=0))
+    else:
+        cz, cy = image.shape[0] // 2, image.shape[1] // 2
+    colors = {s.label: s.color_rgb or _FALLBACK_COLORS[i % len(_FALLBACK_COLORS)] for i, s in enumerate(segments)}
+    panels = [
+        _panel(image[cz], mask[cz], colors, sy, sx, level, width),
+        _panel(image[::-1, cy], mask[::-1, cy], colors, sz, sx, level, width),  # head at the top
+    ]
+    height = max(p.height for p in panels)
+    canvas = Image.new("RGB", (sum(p.width for p in panels) + 8 * (len(panels) - 1), height), (0, 0, 0))
+    x = 0
+    for p in panels:
+        canvas.paste(p, (x, (height - p.height) // 2))
+        x += p.width + 8
+    ImageDraw.Draw(canvas).text((4, 4), "R", fill=(255, 255, 0))
+    with atomic_path(path) as tmp:
+        canvas.save(tmp, format="PNG")
+    return Path(path)
+
+
+def _panel(gray: np.ndarray, mask: np.ndarray, colors: dict[int, tuple[int, int, int]],
+           row_mm: float, col_mm: float, level: float, width: float) -> Image.Image:
+    rgb = np.repeat(window(gray, level, width)[..., None], 3, axis=-1).astype(np.float32)
+    for label, color in colors.items():
+        sel = mask == label
+        rgb[sel] = 0.55 * rgb[sel] + 0.45 * np.asarray(color, dtype=np.float32)
+    picture = Image.fromarray(rgb.astype(np.uint8))
+    scale = 512 / max(gray.shape[0] * row_mm, gray.shape[1] * col_mm)
+    size = (max(1, round(gray.shape[1] * col_mm * scale)), max(1, round(gray.shape[0] * row_mm * scale)))
+    return picture.resize(size, Image.Resampling.NEAREST)
