@@ -49,7 +49,7 @@ def write_overlay_png(
     spacing = np.asarray(volume.spacing)
     sz, sy, sx = (spacing[np.where(dominant == lps)[0][0]] for lps in (2, 1, 0))
     if mask.any():
-        cz, cy, _ = (int(round(c)) for c in np.argwhere(mask).mean(axis=0))
+        cz, cy, _ = (round(c) for c in np.argwhere(mask).mean(axis=0))
     else:
         cz, cy = image.shape[0] // 2, image.shape[1] // 2
     colors = {s.label: s.color_rgb or _FALLBACK_COLORS[i % len(_FALLBACK_COLORS)] for i, s in enumerate(segments)}
