@@ -6,6 +6,7 @@ stderr naming the file or series and the reason); 3 an unexpected internal error
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -189,6 +190,9 @@ def demo_command(
 def main() -> None:
     """Entry point: run the app, turning expected errors into one line and an exit code."""
     debug = "--debug" in sys.argv[1:]
+    # Library log lines (highdicom, pydicom) would interleave with our one-line messages; --debug shows them.
+    logging.basicConfig(level=logging.DEBUG if debug else logging.ERROR,
+                        format="%(levelname)s %(name)s: %(message)s")
     try:
         code = app(standalone_mode=False)
     except typer.Exit as e:

@@ -192,3 +192,42 @@ def test_cli_models_info_schema_version():
     schema = json.loads(run_cli("card-schema").stdout)
     assert schema["title"] == "ModelCard"
     assert run_cli("--version").stdout.startswith("medhub ")
+
+
+def test_cli_transfer_syntax_without_decoder(tmp_path):
+    """A process in which no JPEG 2000 decoder is available (pydicom reports every decoder as missing)."""
+    from pydicom.uid import JPEG2000Lossless
+
+    _series(tmp_path / "in", transfer_syntax=JPEG2000Lossless)
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "from pydicom.pixels.decoders.base import Decoder\n"
+        "Decoder.is_available = property(lambda self: False)\n"
+    )
+    proc = run_cli("run", "lung-ct", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
+                   env={"PYTHONPATH": str(site)})
+    _one_line_error(proc, "JPEG 2000", "pip install", "pylibjpeg-openjpeg")
+
+
+def test_damaged_real_series_end_to_end(shared_data, tmp_path):
+    """The real Siemens series with empty Study/Series/SOP UIDs: surrogates recorded, SEG/SR valid."""
+    import shutil
+    import subprocess
+
+    report = run("lung-ct", shared_data / "ct_siemens_example" / "dicom", tmp_path / "out")
+    result = report.results[0]
+    assert result.ok, result.message
+    surrogates = result.input["surrogate_uids"]
+    assert {"StudyInstanceUID", "SeriesInstanceUID"} <= set(surrogates)
+    assert sum("surrogate" in w for w in report.discovery_warnings) == 1
+    record = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert record["cases"][0]["input"]["surrogate_uids"] == surrogates
+    seg = pydicom.dcmread(result.outputs["seg"])
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == surrogates["SeriesInstanceUID"]
+    assert seg.StudyInstanceUID == surrogates["StudyInstanceUID"]
+    if shutil.which("dciodvfy"):
+        for kind in ("seg", "sr"):
+            out = subprocess.run(["dciodvfy", result.outputs[kind]], capture_output=True, text=True)
+            errors = [ln for ln in (out.stdout + out.stderr).splitlines() if ln.startswith("Error")]
+            assert errors == [], (kind, errors)

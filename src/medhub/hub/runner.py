@@ -8,7 +8,6 @@ that fails becomes a :class:`CaseResult` with a reason code and message; the run
 from __future__ import annotations
 
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ from medhub.hub.cases import Case, Discovery, discover_cases
 from medhub.hub.model import Model, Prediction
 from medhub.hub.registry import get_model
 from medhub.io import records
-from medhub.io.files import ensure_writable_dir
+from medhub.io.files import ensure_writable_dir, make_staging_dir
 from medhub.io.volume import Volume
 
 OUTPUT_KINDS = ("seg", "sr", "nifti", "json", "png")
@@ -207,7 +206,7 @@ def run_case(
         result.warnings.extend(prediction.warnings)
 
         t = time.perf_counter()
-        staging = Path(tempfile.mkdtemp(prefix=f".{case.id}.", suffix=".partial", dir=output))
+        staging = make_staging_dir(output, case.id)
         written, notes = _write_case_outputs(staging, model, case, volume, prediction, wanted, labelmap)
         result.warnings.extend(notes)
         result.outputs = {kind: str(output / case.id / name) for kind, name in written.items()}

@@ -47,10 +47,25 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        # mkstemp creates owner-only files; outputs get the permissions any new file would get.
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def make_staging_dir(parent: Path, name: str) -> Path:
+    """A hidden, uniquely named folder in ``parent`` with normal permissions (mkdtemp's are owner-only)."""
+    folder = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".partial", dir=parent))
+    os.chmod(folder, 0o777 & ~_umask())
+    return folder
 
 
 def write_bytes_atomic(target: str | Path, data: bytes) -> Path:
