@@ -95,7 +95,10 @@ def _run_with_progress(model: str, input_path: Path, output: Path, outputs: list
 
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=err_console, transient=True) as progress:
-        task = progress.add_task(f"{model}: finding cases", total=None)
+        task = progress.add_task(f"{model}: reading headers", total=None)
+
+        def scanned(done: int, total: int) -> None:
+            progress.update(task, total=total, completed=done)
 
         def started(case, index: int, total: int) -> None:
             progress.update(task, total=total, completed=index, description=f"{model}: {case.id}")
@@ -104,7 +107,7 @@ def _run_with_progress(model: str, input_path: Path, output: Path, outputs: list
             progress.advance(task)
 
         return run(model, input_path, output, outputs=outputs, labelmap=labelmap,
-                   on_case_start=started, on_case_done=finished)
+                   on_scan_progress=scanned, on_case_start=started, on_case_done=finished)
 
 
 def _print_report(report) -> None:

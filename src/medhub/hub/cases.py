@@ -106,7 +106,8 @@ def discover_cases(path: str | Path, progress: Callable[[int, int], None] | None
         cases.append(Case(id=_slug(str(rel.parent / _volume_stem(file))), path=file))
     _make_ids_unique(cases)
 
-    warnings = [w for s in scan.series for w in s.warnings]
+    warnings = [f"{file}: {reason} (skipped)" for file, reason in scan.unreadable]
+    warnings += [w for s in scan.series for w in s.warnings]
     non_dicom = scan.non_dicom_files - len(volume_files)
     if not cases:
         raise InputError(root, _nothing_found(root, non_dicom, scan.unreadable), code=_nothing_code(scan))

@@ -265,6 +265,7 @@ def provenance_record(model: Model, weights_digest: str | None) -> dict[str, Any
 def run(
     model: str | Model, input_path: str | Path, output: str | Path, *,
     outputs: Iterable[str] = DEFAULT_OUTPUTS, labelmap: bool = False, workers: int | None = None,
+    on_scan_progress: Callable[[int, int], None] | None = None,
     on_case_start: Callable[[Case, int, int], None] | None = None,
     on_case_done: Callable[[CaseResult], None] | None = None,
 ) -> RunReport:
@@ -282,7 +283,7 @@ def run(
     digest = check_model_runnable(model)
     output = ensure_writable_dir(output)
     t0 = time.perf_counter()
-    discovery: Discovery = discover_cases(input_path)
+    discovery: Discovery = discover_cases(input_path, progress=on_scan_progress)
     discovery_s = round(time.perf_counter() - t0, 3)
     provenance = provenance_record(model, digest)
 
