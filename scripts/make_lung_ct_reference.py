@@ -1,6 +1,6 @@
 """Build lung-ct's reference case (also the `medhub demo` input) from ../shared/data.
 
-Input: LIDC-IDRI case 0187 (TCIA, CC BY 3.0) as resampled to 3 mm by DeepCAC, written as an RLE Lossless DICOM CT
+Input: LIDC-IDRI case 0187 (TCIA, CC BY 3.0) as resampled to 3 mm by DeepCAC, written as a JPEG 2000 lossless DICOM CT
 series. Expected outputs: the SEG and values that this version of lung-ct produces on it; `medhub verify lung-ct`
 then checks that a fresh install reproduces them within `tolerances.yaml`.
 
@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from pydicom.uid import RLELossless
+from pydicom.uid import JPEG2000Lossless
 
 from medhub.hub.registry import get_model
 from medhub.hub.runner import run
@@ -34,8 +34,8 @@ def main() -> None:
     for folder in (input_dir, expected_dir):
         shutil.rmtree(folder, ignore_errors=True)
     write_series(
-        volume.array, volume.affine, input_dir, transfer_syntax=RLELossless, seed=187,
-        patient_name="LIDC-IDRI-0187", patient_id="LIDC-IDRI-0187",
+        volume.array, volume.affine, input_dir, transfer_syntax=JPEG2000Lossless, seed=187,
+        patient_name="LIDC-IDRI-0187^", patient_id="LIDC-IDRI-0187",
         study_description="LIDC-IDRI-0187 chest CT (DeepCAC 3 mm resampling)",
         series_description="Chest CT 3 mm", file_names="numbered",
     )

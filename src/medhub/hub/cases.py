@@ -99,7 +99,7 @@ def discover_cases(path: str | Path, progress: Callable[[int, int], None] | None
     for series in scan.series:
         folder = _common_folder(series.files)
         rel = folder.relative_to(base) if folder.is_relative_to(base) else Path(folder.name)
-        name = _slug(str(rel)) if str(rel) != "." else _slug(base.name)
+        name = _slug(str(rel)) if str(rel) != "." else _root_series_name(series, base)
         cases.append(Case(id=name, path=folder, series=series))
     for file in volume_files:
         rel = file.relative_to(base)
@@ -113,6 +113,17 @@ def discover_cases(path: str | Path, progress: Callable[[int, int], None] | None
         raise InputError(root, _nothing_found(root, non_dicom, scan.unreadable), code=_nothing_code(scan))
     return Discovery(cases=cases, non_dicom_files=max(non_dicom, 0), unreadable=scan.unreadable,
                      warnings=warnings)
+
+
+def _root_series_name(series: DicomSeries, folder: Path) -> str:
+    """Name a series that sits directly in the input folder: patient ID and series number when the files
+    have them (a folder called ``dicom`` or ``input`` says little), else the folder's name."""
+    header = series.headers[0]
+    patient = str(header.get("PatientID") or "").strip()
+    number = str(header.get("SeriesNumber") or "").strip()
+    if patient:
+        return _slug(f"{patient}_s{number}" if number else patient)
+    return _slug(folder.name)
 
 
 def _volume_stem(path: Path) -> str:
