@@ -26,7 +26,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-console = Console()
+console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
 _state = {"debug": False}
 
@@ -181,7 +181,7 @@ def demo_command(
     model = get_model(DEMO_MODEL)
     input_path = Path(model.folder) / model.card.reference.input
     console.print(f"medhub demo: {DEMO_MODEL} {model.card.version} on {input_path}", highlight=False)
-    report = _run_with_progress(DEMO_MODEL, input_path, output, ["seg", "sr", "nifti", "json", "png"], False)
+    report = _run_with_progress(DEMO_MODEL, input_path, output.resolve(), ["seg", "sr", "nifti", "json", "png"], False)
     _print_report(report)
     for result in report.results:
         for kind, path in result.outputs.items():

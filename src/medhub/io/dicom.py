@@ -881,7 +881,7 @@ def _read_native(s: _Slice, out: np.ndarray) -> bool:
         fp.seek((s.pixel_offset or 0) + (12 if explicit else 8))
         read = fp.readinto(memoryview(out).cast("B"))
     if read != expected:
-        raise InputError(s.path, f"pixel data ends after {read} of {expected} bytes", code="truncated")
+        raise InputError(s.path, f"truncated file: pixel data ends after {read} of {expected} bytes", code="truncated")
     return True
 
 
