@@ -30,7 +30,10 @@ class MedhubError(Exception):
         self.where = str(where) if where is not None else None
         self.reason = " ".join(str(reason).split())  # keep it on one line
         self.code = code or self.default_code
-        super().__init__(self.message)
+        super().__init__(self.reason)
+
+    def __str__(self) -> str:
+        return self.message
 
     @property
     def message(self) -> str:

@@ -27,7 +27,7 @@ class Prediction:
         Label map on the input grid, shape ``(slices, rows, columns)``, dtype uint8; values are the card's
         segment labels, 0 is background. ``None`` for models without segments.
     values:
-        Scalar outputs by the card's value names, in the card's units.
+        Scalar outputs by the card's value names, in the card's units (strings for categorical outputs).
     warnings:
         Things the user should know about this case (e.g. a reported gap); they go into the run record.
     extra:
@@ -35,7 +35,7 @@ class Prediction:
     """
 
     labels: np.ndarray | None = None
-    values: dict[str, float] = field(default_factory=dict)
+    values: dict[str, float | str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 

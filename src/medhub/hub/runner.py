@@ -200,7 +200,13 @@ def run_case(
         timings["load"] = round(time.perf_counter() - t, 3)
 
         t = time.perf_counter()
-        prediction = model.predict(volume)
+        try:
+            prediction = model.predict(volume)
+        except MedhubError as e:
+            # Models do not know file names; name the case in their refusals.
+            if e.where is None:
+                e.where = case.label
+            raise
         timings["predict"] = round(time.perf_counter() - t, 3)
         result.values = dict(prediction.values)
         result.warnings.extend(prediction.warnings)
