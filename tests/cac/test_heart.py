@@ -1,0 +1,187 @@
+"""Tests for the classical heart segmentation (medhub.models.cac.heart)."""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from medhub.models.cac.heart import (
+    HeartResult,
+    blood_pool_hu,
+    heart_region,
+    is_contrast_enhanced,
+    segment_heart,
+)
+
+DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+LIDC = DATA / "lidc_chest_ct"
+SIEMENS = DATA / "ct_siemens_example"
+needs_lidc = pytest.mark.skipif(not LIDC.is_dir(), reason="shared real data not available")
+needs_siemens = pytest.mark.skipif(not SIEMENS.is_dir(), reason="shared real data not available")
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    return float(2.0 * (a & b).sum() / max(a.sum() + b.sum(), 1))
+
+
+@cache
+def _case(case: str):
+    from medhub.io.nifti import read_volume
+
+    vol = read_volume(LIDC / f"{case}_ct_3mm.nrrd")
+    ref = read_volume(LIDC / f"{case}_labels_3mm.nrrd").array == 1
+    return vol, ref
+
+
+@cache
+def _result(case: str) -> HeartResult:
+    vol, _ = _case(case)
+    return segment_heart(vol.array, vol.spacing, vol.direction)
+
+
+# ---------------------------------------------------------------------------------------------- real data
+@needs_lidc
+@pytest.mark.parametrize("case", ["0187", "0987"])
+def test_dice_against_deepcac(case):
+    vol, ref = _case(case)
+    res = _result(case)
+    assert res.found and res.reason == "" and res.coverage == "full"
+    assert res.mask.shape == vol.shape and res.mask.dtype == bool
+    assert dice(res.mask, ref) >= 0.85
+    assert 400.0 < res.volume_ml < 1100.0
+    assert res.info["top_rule"] == "carina" and res.info["liver_found"]
+
+
+@needs_lidc
+@pytest.mark.parametrize("case", ["0187", "0987"])
+def test_blood_pool_non_contrast(case):
+    vol, ref = _case(case)
+    res = _result(case)
+    assert 15.0 <= res.blood_pool_hu <= 70.0
+    assert not is_contrast_enhanced(res.blood_pool_hu)
+    assert 15.0 <= blood_pool_hu(vol.array, ref, vol.spacing) <= 70.0
+
+
+@needs_lidc
+def test_contrast_detected():
+    vol, ref = _case("0187")
+    inner = ndi.distance_transform_edt(ref, sampling=vol.spacing) > 8.0
+    hu = vol.array.astype(np.int16).copy()
+    hu[inner] += 260  # simulated contrast-enhanced blood
+    assert blood_pool_hu(hu, ref, vol.spacing) > 150.0
+    res = segment_heart(hu, vol.spacing, vol.direction)
+    assert res.found
+    assert is_contrast_enhanced(res.blood_pool_hu)
+    assert dice(res.mask, ref) >= 0.8
+
+
+@needs_lidc
+def test_flip_and_transpose_invariance():
+    vol, _ = _case("0987")
+    base = _result("0987")
+    # flip every axis and move the slice axis last; the direction matrix follows
+    arr = np.flip(vol.array, (0, 1, 2)).transpose(1, 2, 0)
+    direction = (-vol.direction)[:, [1, 2, 0]]
+    res = segment_heart(arr, vol.spacing[1:] + vol.spacing[:1], direction)
+    back = np.flip(res.mask.transpose(2, 0, 1), (0, 1, 2))
+    assert np.array_equal(back, base.mask)
+    assert res.volume_ml == pytest.approx(base.volume_ml)
+
+
+@needs_lidc
+def test_deterministic():
+    vol, _ = _case("0187")
+    again = segment_heart(vol.array, vol.spacing, vol.direction)
+    assert np.array_equal(again.mask, _result("0187").mask)
+    assert again.info == _result("0187").info
+
+
+@needs_lidc
+def test_anisotropic_thick_slices():
+    vol, ref = _case("0987")
+    zoom = (3.0 / 5.0, 1.5, 1.5)  # 5 mm slices, 2 mm in-plane
+    hu = ndi.zoom(vol.array.astype(np.float32), zoom, order=1).astype(np.int16)
+    ref2 = ndi.zoom(ref.astype(np.uint8), zoom, order=0).astype(bool)
+    res = segment_heart(hu, (5.0, 2.0, 2.0), vol.direction)
+    assert res.found and res.mask.shape == hu.shape
+    assert dice(res.mask, ref2) >= 0.8
+
+
+@needs_lidc
+def test_partial_coverage():
+    vol, ref = _case("0987")
+    zs = np.nonzero(ref.any(axis=(1, 2)))[0]
+    # the scan stops below the top of the heart
+    top = segment_heart(vol.array[: zs[-1] - 3], vol.spacing, vol.direction)
+    assert top.found and top.coverage == "partial-top"
+    assert dice(top.mask, ref[: zs[-1] - 3]) >= 0.8
+    # the scan starts inside the heart
+    mid = (zs[0] + zs[-1]) // 2
+    bottom = segment_heart(vol.array[mid:], vol.spacing, vol.direction)
+    assert bottom.found and bottom.coverage == "partial-bottom"
+    # the scan ends below the heart: nothing to find
+    below = segment_heart(vol.array[: zs[0] - 2], vol.spacing, vol.direction)
+    assert not below.found and below.mask is None and below.reason.startswith("heart not found")
+
+
+@needs_siemens
+@pytest.mark.parametrize("name", ["dicom", "ct_3mm.nii.gz", "ct_3mm_lower_chest.nii.gz"])
+def test_not_found_without_heart(name):
+    if name == "dicom":
+        from medhub.io.dicom import read_dicom_volume
+
+        vol = read_dicom_volume(SIEMENS / "dicom")
+    else:
+        from medhub.io.nifti import read_volume
+
+        vol = read_volume(SIEMENS / name)
+    res = segment_heart(vol.array, vol.spacing, vol.direction)
+    assert not res.found
+    assert res.mask is None and res.coverage == "none" and res.volume_ml == 0.0
+    assert res.reason.startswith("heart not found")
+    assert res.blood_pool_hu is None
+
+
+# ------------------------------------------------------------------------------------------ no data needed
+def test_not_found_on_soft_tissue_block():
+    hu = np.full((40, 64, 64), -1000, np.int16)
+    hu[5:35, 10:54, 10:54] = 40  # a body without lungs
+    res = segment_heart(hu, (3.0, 3.0, 3.0), np.eye(3)[:, [2, 1, 0]])
+    assert not res.found and res.mask is None and "lungs" in res.reason
+
+
+def test_heart_region_margin():
+    mask = np.zeros((30, 40, 40), bool)
+    mask[10:20, 15:25, 15:25] = True
+    roi = heart_region(mask, (2.0, 1.0, 1.0), margin_mm=4.0)
+    assert roi.dtype == bool and roi[mask].all()
+    assert roi[20, 15:25, 15:25].all() and roi[21, 15:25, 15:25].all() and not roi[22].any()  # 2 slices = 4 mm
+    assert roi[15, 11, 20] and not roi[15, 10, 20]  # 4 columns = 4 mm
+    assert not heart_region(np.zeros_like(mask), (1.0, 1.0, 1.0)).any()
+
+
+def test_blood_pool_ignores_fat_rim_and_calcium():
+    zz, yy, xx = np.mgrid[:40, :40, :40]
+    r = np.sqrt((zz - 20) ** 2 + (yy - 20) ** 2 + (xx - 20) ** 2) * 2.0  # mm at 2 mm voxels
+    mask = r < 30.0
+    hu = np.where(r < 24.0, 40.0, -100.0).astype(np.float32)  # blood inside an epicardial fat shell
+    hu[20, 20, 20:23] = 900.0  # calcium
+    assert blood_pool_hu(hu, mask, (2.0, 2.0, 2.0)) == pytest.approx(40.0)
+    assert np.isnan(blood_pool_hu(hu, np.zeros_like(mask), (2.0, 2.0, 2.0)))
+
+
+@needs_lidc
+def test_given_lungs_on_the_input_grid():
+    from medhub.models.lung_ct.segment import segment_lungs
+
+    vol, ref = _case("0987")
+    lungs = segment_lungs(vol.array, vol.spacing, vol.direction)
+    res = segment_heart(vol.array, vol.spacing, vol.direction, lungs=lungs)
+    assert res.found and dice(res.mask, ref) >= 0.85
+    # without lungs there is nothing to bound a heart
+    empty = segment_heart(vol.array, vol.spacing, vol.direction, lungs=np.zeros_like(lungs))
+    assert not empty.found and "lungs" in empty.reason
