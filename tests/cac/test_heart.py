@@ -185,3 +185,20 @@ def test_given_lungs_on_the_input_grid():
     # without lungs there is nothing to bound a heart
     empty = segment_heart(vol.array, vol.spacing, vol.direction, lungs=np.zeros_like(lungs))
     assert not empty.found and "lungs" in empty.reason
+
+
+# ------------------------------------------------------------------------------------------ synthetic phantoms
+@pytest.mark.parametrize("index", [0, 1, 2])
+def test_held_out_phantoms(index):
+    """The heart of the held-out CAC phantoms (their noise, blur and z-extent, on a coarser adult-sized grid)."""
+    from medhub.io.volume import Volume
+    from medhub.synth.cac_phantom import HELD_OUT_SEEDS, make_cac_phantom, random_phantom_params
+
+    params = random_phantom_params(HELD_OUT_SEEDS[index], held_out=True)
+    extent_z = params["shape"][0] * params["spacing"][0]
+    params.update(shape=(round(extent_z / 3.0), 240, 240), spacing=(3.0, 1.5, 1.5), slice_thickness_mm=3.0)
+    phantom = make_cac_phantom(**params)
+    vol = Volume(array=phantom.hu, affine=phantom.affine, modality="CT")
+    res = segment_heart(phantom.hu, vol.spacing, vol.direction)
+    assert res.found, res.reason
+    assert dice(res.mask, phantom.heart_mask) >= 0.8

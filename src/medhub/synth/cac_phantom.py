@@ -160,6 +160,7 @@ class HeartGeometry:
     septum_half: float = 5.0
     vessel_radius: float = 1.8
     groove_fat: float = 4.5  # fat around the coronaries, beyond the lumen (mm)
+    paracardiac_fat: float = 3.0  # mediastinal fat between the pericardium and the lungs (mm)
 
     @classmethod
     def draw(cls, rng: np.random.Generator) -> HeartGeometry:
@@ -170,12 +171,14 @@ class HeartGeometry:
         third = np.cross(long_axis, ant)
         if third[2] > 0:  # make the third axis point to the patient's right so that RCA is on +phi
             third = -third
-        center = (-4.0 + rng.uniform(-6, 6), -22.0 + rng.uniform(-5, 5), 18.0 + rng.uniform(-6, 6))
+        # z: the heart rests on the diaphragm and its top (the aortic root) lies about 2 cm below the carina
+        center = (-22.0 + rng.uniform(-6, 6), -22.0 + rng.uniform(-5, 5), 18.0 + rng.uniform(-6, 6))
         s = rng.uniform(0.92, 1.08)
         radii = (62.0 * s, 50.0 * s, 45.0 * s)
         return cls(center=center, radii=radii, axes=(tuple(long_axis), tuple(ant), tuple(third)),
                    fat=float(rng.uniform(4.5, 7.0)), myocardium=float(rng.uniform(9.0, 12.0)),
-                   vessel_radius=float(rng.uniform(1.5, 2.0)), groove_fat=float(rng.uniform(3.5, 6.0)))
+                   vessel_radius=float(rng.uniform(1.5, 2.0)), groove_fat=float(rng.uniform(3.5, 6.0)),
+                   paracardiac_fat=float(rng.uniform(2.0, 4.0)))
 
     @property
     def vessel_depth(self) -> float:
@@ -494,6 +497,10 @@ class CacPhantom:
     masks: dict[str, np.ndarray] = field(default_factory=dict)  # named structure masks
 
 
+#: In-plane half-size (mm) of the region round the heart's centre that a field of view always shows.
+HEART_VIEW_MM = 75.0
+
+
 def _grid_for(shape: tuple[int, int, int], spacing: tuple[float, float, float],
               heart_center: tuple[float, float, float]) -> OffsetGrid:
     """Window on the virtual chest: centred on the chest when it fits, shifted towards the heart when it does not."""
@@ -501,9 +508,15 @@ def _grid_for(shape: tuple[int, int, int], spacing: tuple[float, float, float],
     for k, (n, s) in enumerate(zip(shape, spacing, strict=True)):
         half, vhalf = n * s / 2.0, VIRTUAL_EXTENT_MM[k] / 2.0
         if k == 0:
-            target = heart_center[0] + 15.0  # keep the great vessels above the heart in view
+            # the whole heart with about a centimetre below it, then as much as fits of the great vessels and the
+            # carina above it (a window shorter than the heart is centred on it)
+            target = heart_center[0] + float(np.clip(half - 60.0, 0.0, 30.0))
         else:
-            target = heart_center[k] * float(np.clip((vhalf * 2 - 2 * half) / (vhalf * 2 - 200.0), 0.0, 1.0))
+            # in-plane the window stays centred on the patient, as a scanner's, unless the heart (with a margin
+            # of HEART_VIEW_MM) would leave it: shifting a 29 cm window towards the heart cut one chest wall to
+            # a sliver along the image edge, which no body mask can close around the lung
+            lo, hi = heart_center[k] + HEART_VIEW_MM - half, heart_center[k] - HEART_VIEW_MM + half
+            target = float(np.clip(0.0, lo, hi)) if lo <= hi else heart_center[k]
         room = max(0.0, vhalf - half)
         offset.append(float(np.clip(target, -room, room)) if k == 0 else float(target))
     return OffsetGrid(shape, spacing, tuple(offset))  # type: ignore[arg-type]
@@ -559,7 +572,7 @@ def make_cac_phantom(seed: int, *, shape: tuple[int, int, int] = (96, 192, 192),
     h = HeartGeometry.draw(rng_anat)
     grid = _grid_for(shape, spacing, h.center)  # type: ignore[arg-type]
     g = virtual_geometry()
-    hu, masks = paint_thorax(grid, g, rng_chest)
+    hu, masks = paint_thorax(grid, g, rng_chest, heart=h)
     m = paint_mediastinum(hu, masks, grid, g, h, contrast)
     calcs, coronary_region, stent_mask = place_calcium(
         hu, grid, m, rng_plaque, n_plaques=n_plaques, distractors=distractors, stent=stent, contrast=contrast,
@@ -862,9 +875,13 @@ def paint_spine(hu: np.ndarray, grid: OffsetGrid, g: ChestGeometry, disc_period_
     return out
 
 
-def paint_thorax(grid: OffsetGrid, g: ChestGeometry, rng: np.random.Generator
+def paint_thorax(grid: OffsetGrid, g: ChestGeometry, rng: np.random.Generator, heart: HeartGeometry | None = None
                  ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """The chest of :func:`medhub.synth.chest.paint_chest` without its heart, built for big grids.
+
+    With ``heart`` the lungs wrap that heart, the aorta and the oesophagus as in real anatomy (a thin layer of
+    mediastinal fat between them, the lungs reaching the midline behind the heart) instead of leaving a slab of
+    mediastinum from the sternum to the spine around :func:`medhub.synth.chest.heart_mask`.
 
     The same pieces in the same order, but the z-invariant layers are painted from one 2D template and the
     abdominal organs and the lungs are computed only on the slabs of slices that can hold them, which makes a
@@ -924,7 +941,12 @@ def paint_thorax(grid: OffsetGrid, g: ChestGeometry, rng: np.random.Generator
     outer, lumen = airway_masks(grid, g)
     if k1 > k0:
         sub = grid.slab(k0, k1)
-        lungs = {side: lung_region(sub, g, side) for side in (RIGHT_LUNG, 3 - RIGHT_LUNG)}
+        if heart is None:
+            lungs = {side: lung_region(sub, g, side) for side in (RIGHT_LUNG, 3 - RIGHT_LUNG)}
+        else:
+            organs = mediastinal_organs(sub, g, heart)
+            lungs = {side: lung_region(sub, g, side, exclude=organs, mediastinum_half_width=MEDIAL_LUNG_MM)
+                     for side in (RIGHT_LUNG, 3 - RIGHT_LUNG)}
         view = hu[k0:k1]
         for mk in lungs.values():
             view[mk] = HU["lung"]
@@ -940,6 +962,38 @@ def paint_thorax(grid: OffsetGrid, g: ChestGeometry, rng: np.random.Generator
     spine = paint_spine(hu, grid, g)
     masks["spine"] = spine
     return hu, masks
+
+
+#: Half-width (mm) of the midline strip the lungs leave free when they wrap the mediastinal organs.
+MEDIAL_LUNG_MM = 8.0
+
+
+def aortic_root(h: HeartGeometry) -> np.ndarray:
+    """Centre (z, y, x mm) of the aortic root, inside the heart's base."""
+    return h.surface_point(-0.62, 0.15, 0.45 * h.radii[1])
+
+
+def oesophagus_segment(grid: OffsetGrid, g: ChestGeometry) -> tuple[np.ndarray, np.ndarray, float]:
+    """(top, bottom, radius mm) of the oesophagus, behind the trachea and the heart."""
+    return (np.array([grid.half_extent[0] + 5.0, g.trachea_y + 14.0, 6.0]),
+            np.array([g.z_dome_left - 10.0, g.trachea_y + 22.0, 12.0]), 7.0)
+
+
+def mediastinal_organs(grid: OffsetGrid, g: ChestGeometry, h: HeartGeometry) -> np.ndarray:
+    """What the lungs wrap around: the heart, the aorta and the oesophagus, each grown by a thin fat layer."""
+    out = np.zeros(grid.shape, bool)
+    pad = h.paracardiac_fat
+    box = h.bbox(grid, margin=pad + 4.0)
+    if all(b.stop > b.start for b in box):
+        out[box] = h.inside(h.local(grid, box), -pad)
+    tubes = [(p0, p1, r + 2.0) for p0, p1, r in aorta_segments(g, aortic_root(h))]
+    p0, p1, r = oesophagus_segment(grid, g)
+    tubes.append((p0, p1, r + 2.0))
+    for p0, p1, r in tubes:
+        tbox, mk = tube_box(grid, p0, p1, r)
+        if all(b.stop > b.start for b in tbox):
+            out[tbox] |= mk
+    return out
 
 
 @dataclass
@@ -1004,8 +1058,7 @@ def paint_mediastinum(hu: np.ndarray, masks: dict[str, np.ndarray], grid: Offset
     medi[k0:] = (cavity2[None] & (z[k0:, None, None] > dia2[None]) & ~masks["right_lung"][k0:]
                  & ~masks["left_lung"][k0:] & ~masks["airway"][k0:] & ~bone[k0:])
     np.copyto(hu, np.float32(CAC_HU["mediastinal_fat"]), where=medi)
-    oes_box, oes = tube_box(grid, np.array([grid.half_extent[0] + 5.0, g.trachea_y + 14.0, 6.0]),
-                            np.array([g.z_dome_left - 10.0, g.trachea_y + 22.0, 12.0]), 7.0)
+    oes_box, oes = tube_box(grid, *oesophagus_segment(grid, g))
     np.copyto(hu[oes_box], np.float32(HU["soft"]), where=oes & medi[oes_box])
     np.copyto(hu, np.float32(CAC_HU["sternum_cortex"]), where=sternum)
     np.copyto(hu, np.float32(CAC_HU["sternum_marrow"]), where=marrow)
@@ -1032,7 +1085,7 @@ def paint_mediastinum(hu: np.ndarray, masks: dict[str, np.ndarray], grid: Offset
     masks["blood_pool"][box] = pool
 
     # aorta: wall then lumen, over the heart's base (the root lies inside the pericardium)
-    root = h.surface_point(-0.62, 0.15, 0.45 * h.radii[1])
+    root = aortic_root(h)
     segs = aorta_segments(g, root)
     aorta_outer = np.zeros(grid.shape, bool)
     aorta_lumen = np.zeros(grid.shape, bool)

@@ -198,8 +198,14 @@ def heart_mask(grid: Grid, g: ChestGeometry) -> np.ndarray:
     return ellipsoid(grid, center, radii)
 
 
-def lung_region(grid: Grid, g: ChestGeometry, side: int) -> np.ndarray:
-    """One lung's space (1 = right, 2 = left): cavity above the diaphragm, lateral to the mediastinum."""
+def lung_region(grid: Grid, g: ChestGeometry, side: int, exclude: np.ndarray | None = None,
+                mediastinum_half_width: float | None = None) -> np.ndarray:
+    """One lung's space (1 = right, 2 = left): cavity above the diaphragm, lateral to the mediastinum.
+
+    ``exclude`` (a mask on ``grid``) replaces this module's heart ellipsoid as what the lungs wrap around, and
+    ``mediastinum_half_width`` (mm) overrides ``g.mediastinum_half_width`` for the lungs' medial border only:
+    generators with their own heart and mediastinal organs (:mod:`medhub.synth.cac_phantom`) use both.
+    """
     z, y, x = grid.coords()
     z_mid = 0.25 * g.z_apex
     frac = np.clip((z - z_mid) / (g.z_apex - z_mid), 0.0, 1.0)
@@ -212,10 +218,12 @@ def lung_region(grid: Grid, g: ChestGeometry, side: int) -> np.ndarray:
     in_cavity = ((ys / g.cavity_b) ** 2 + (xs / g.cavity_a) ** 2 <= 1.0) & (sign * xs > 0)
     # in front of the great vessels the two lungs almost meet (anterior junction line)
     junction = (y < -0.55 * g.cavity_b) & (z > 0.0)
-    lateral = (sign * x) > np.where(junction, g.junction_gap / 2.0, g.mediastinum_half_width)
+    half_width = g.mediastinum_half_width if mediastinum_half_width is None else mediastinum_half_width
+    lateral = (sign * x) > np.where(junction, g.junction_gap / 2.0, half_width)
     above = z > diaphragm_height(grid, g)[None]
     spine, _ = spine_masks(grid, g)
-    return in_cavity & lateral & above & (z < g.z_apex) & ~heart_mask(grid, g) & ~spine
+    organs = heart_mask(grid, g) if exclude is None else exclude
+    return in_cavity & lateral & above & (z < g.z_apex) & ~organs & ~spine
 
 
 def airway_centerlines(g: ChestGeometry) -> dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]]:

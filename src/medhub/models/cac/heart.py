@@ -15,12 +15,14 @@ Method, on a canonical working grid of about 3 mm (axis 0 head, 1 posterior, 2 p
 1. Lungs (lung-ct's :func:`segment_lungs` on the working grid, unless given), body, airway.
 2. Thoracic cavity per axial slice: the 2D convex hull of both lungs; the mediastinum is that hull minus the
    lungs. Candidate tissue: -120..+700 HU (fat-poor soft tissue up to contrast-enhanced blood; bone is mostly
-   outside the hull or removed by the opening). Only slices where both lungs are present and fill at least
-   40 % of the hull count (not the lung bases wrapped around the liver and stomach).
+   outside the hull or removed by the opening), with its noise specks (holes of <= 3 working voxels, fat that
+   noise pushes under -120 HU) filled. Only slices where both lungs are present and fill at least 40 % of the
+   hull count (not the lung bases wrapped around the liver and stomach).
 3. Top: the carina (the highest slice where the airway is split into two bronchi, with >= 3 cm of trachea
-   above) minus 20 mm, about where the aortic root and the pulmonary trunk leave the heart. Without a carina
-   the heart top is taken at 57 % of the lungs' height from their base (a coarse anatomical prior); when the
-   lungs are still wide in the scan's top slice, the scan cuts the chest and every slice is used
+   above, or >= 12 mm of it leaving through the scan's top slice) minus 20 mm, about where the aortic root and
+   the pulmonary trunk leave the heart. Without a carina the heart top is taken at 57 % of the lungs' height
+   from their base (a coarse anatomical prior); when the lungs are still wide in the scan's top slice, the scan
+   cuts the chest and every slice is used
    (coverage "partial-top").
 4. Shape prior: a 3D opening with a 15 mm ball keeps bulky structures (the heart, the liver dome) and removes
    the descending aorta, the oesophagus, vessels and thin tissue. The largest part is kept (the block).
@@ -59,6 +61,7 @@ TISSUE_HU = (-120.0, 700.0)  # candidate heart tissue: soft tissue up to contras
 MIN_LUNG_SHARE = 0.4  # heart slices: the lungs fill at least this share of the chest (lung hull)
 TOP_BELOW_CARINA_MM = 20.0  # heart top under the carina (aortic root / pulmonary trunk level)
 MIN_TRACHEA_MM = 30.0  # a carina needs this much single airway above it
+MIN_TRACHEA_CUT_MM = 12.0  # ... or this much when the airway leaves through the scan's top slice
 TOP_LUNG_FRACTION = 0.57  # fallback heart top without a carina, as a fraction of the lungs' height
 SCAN_TOP_LUNG_SHARE = 0.5  # lungs this wide (share of their widest slice) in the top slice: the scan cuts the chest
 OPEN_RADIUS_MM = 15.0  # ball of the opening that keeps bulky structures only
@@ -69,6 +72,7 @@ DIP_SHARE = 0.97  # fallback rule: the area must have dipped below this share of
 CAP_MM = 18.0  # height of the ellipsoidal cap below the liver junction
 MIN_HEART_ML = 150.0  # a smaller block is not reported as a heart
 CONTRAST_BLOOD_HU = 150.0
+MAX_SPECK_VOX = 3  # holes of at most this many working voxels in the candidate tissue are noise, filled
 
 
 @dataclass
@@ -136,8 +140,11 @@ def _carina_slice(airway: np.ndarray, spacing) -> int | None:
     for z in zs[::-1]:
         # a split that persists one more slice down (not a side branch)
         if z >= 1 and split(z) and split(z - 1):
-            # and a trachea (one airway) runs at least MIN_TRACHEA_MM above it
-            return int(z) if zs[zs > z].size * spacing[0] >= MIN_TRACHEA_MM else None
+            # and a trachea (one airway) runs at least MIN_TRACHEA_MM above it, or leaves through the scan's top
+            # slice after MIN_TRACHEA_CUT_MM (a scan that starts just above the carina)
+            above = zs[zs > z].size * spacing[0]
+            cut = zs[-1] == airway.shape[0] - 1 and above >= MIN_TRACHEA_CUT_MM
+            return int(z) if above >= MIN_TRACHEA_MM or cut else None
     return None
 
 
@@ -164,6 +171,13 @@ def _heart_canonical(
     cavity = hull & ~lung & body
     tissue = (hu > TISSUE_HU[0]) & (hu < TISSUE_HU[1])
     cand = cavity & tissue
+    # noise specks: isolated voxels of fat that noise pushes under the tissue threshold (or a speck of dense
+    # calcium) would each bite a ball out of the opening below and strip the epicardial fat from the heart
+    specks, n_specks = ndi.label(cavity & ~tissue)
+    if n_specks:
+        small = np.bincount(specks.ravel()) <= MAX_SPECK_VOX
+        small[0] = False
+        cand |= small[specks]
     # slices where both lungs are present: the heart lies between them
     # and where the lungs fill much of the chest (not the lung bases wrapped around the liver and stomach)
     both = (right.sum(axis=(1, 2)) * sp[1] * sp[2] > 300) & (left.sum(axis=(1, 2)) * sp[1] * sp[2] > 300)
