@@ -24,6 +24,7 @@ ENTRY_POINT_GROUP = "medhub.models"
 #: Models that ship with medhub: id -> "module:attribute".
 BUILTIN_MODELS: dict[str, str] = {
     "lung-ct": "medhub.models.lung_ct:LungCT",
+    "cac": "medhub.models.cac:CAC",
 }
 
 
