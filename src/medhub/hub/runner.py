@@ -167,7 +167,10 @@ def _write_case_outputs(
     if "png" in outputs and has_labels:
         from medhub.io.preview import write_overlay_png
 
-        write_overlay_png(volume, prediction.labels, card.outputs.segments, staging / "preview.png")
+        caption = f"{card.id} {card.version}: " + ", ".join(
+            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+            for k, v in prediction.values.items() if not (isinstance(v, str) and len(v) > 20))
+        write_overlay_png(volume, prediction.labels, card.outputs.segments, staging / "preview.png", caption=caption)
         written["png"] = "preview.png"
     return written, notes
 

@@ -37,9 +37,10 @@ def _to_patient_view(volume: Volume, array: np.ndarray) -> np.ndarray:
 
 def write_overlay_png(
     volume: Volume, labels: np.ndarray, segments: Sequence[SegmentSpec], path: str | Path,
-    level: float = -300.0, width: float = 1400.0,
+    level: float = -300.0, width: float = 1400.0, caption: str = "",
 ) -> Path:
-    """Write an axial and a coronal slice side by side, each through the labels' centre of mass.
+    """Write an axial and a coronal slice side by side, through the centre of the rarest non-empty label (the
+    most specific finding, e.g. calcium rather than the heart), with ``caption`` below.
 
     Pixels are resampled to square millimetres so anatomy keeps its proportions.
     """
@@ -48,8 +49,10 @@ def write_overlay_png(
     dominant = np.argmax(np.abs(volume.direction), axis=0)
     spacing = np.asarray(volume.spacing)
     sz, sy, sx = (spacing[np.where(dominant == lps)[0][0]] for lps in (2, 1, 0))
-    if mask.any():
-        cz, cy, _ = (round(c) for c in np.argwhere(mask).mean(axis=0))
+    counts = np.bincount(mask.ravel(), minlength=256)[1:]
+    if counts.any():
+        rarest = int(np.argmin(np.where(counts > 0, counts, counts.max() + 1))) + 1
+        cz, cy, _ = (round(c) for c in np.argwhere(mask == rarest).mean(axis=0))
     else:
         cz, cy = image.shape[0] // 2, image.shape[1] // 2
     colors = {s.label: s.color_rgb or _FALLBACK_COLORS[i % len(_FALLBACK_COLORS)] for i, s in enumerate(segments)}
@@ -58,12 +61,16 @@ def write_overlay_png(
         _panel(image[::-1, cy], mask[::-1, cy], colors, sz, sx, level, width),  # head at the top
     ]
     height = max(p.height for p in panels)
-    canvas = Image.new("RGB", (sum(p.width for p in panels) + 8 * (len(panels) - 1), height), (0, 0, 0))
+    text_height = 18 if caption else 0
+    canvas = Image.new("RGB", (sum(p.width for p in panels) + 8 * (len(panels) - 1), height + text_height), (0, 0, 0))
     x = 0
     for p in panels:
         canvas.paste(p, (x, (height - p.height) // 2))
         x += p.width + 8
-    ImageDraw.Draw(canvas).text((4, 4), "R", fill=(255, 255, 0))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((4, 4), "R", fill=(255, 255, 0))
+    if caption:
+        draw.text((4, height + 3), caption, fill=(255, 255, 255))
     with atomic_path(path) as tmp:
         canvas.save(tmp, format="PNG")
     return Path(path)
