@@ -11,6 +11,7 @@ import pytest
 import torch
 from scipy import ndimage as ndi
 
+from medhub.hub.card import sha256_file
 from medhub.learn.unet3d import Decoder, Encoder, UNet3D, UNet3DConfig, pad_to_multiple
 from medhub.models.cac import lesions
 from medhub.models.cac.lesions import (
@@ -19,7 +20,6 @@ from medhub.models.cac.lesions import (
     decide_components,
     load_network,
     segment_calcium,
-    sha256_of,
     sidecar_path,
 )
 from medhub.synth.cac_phantom import (
@@ -82,7 +82,7 @@ def test_unnormalised_net_is_tiling_exact() -> None:
 # ------------------------------------------------------------------------------------------- shipped weights
 def test_shipped_weights_match_sidecar() -> None:
     side = json.loads(sidecar_path(DEFAULT_WEIGHTS).read_text())
-    assert side["sha256"] == sha256_of(DEFAULT_WEIGHTS)
+    assert side["sha256"] == sha256_file(DEFAULT_WEIGHTS)
     assert side["size_bytes"] == DEFAULT_WEIGHTS.stat().st_size < 2_000_000
     assert "synthetic" in side["training"]["data"] and "not validated" in side["validation"]
     lo, hi = side["training"]["seeds"]
@@ -176,7 +176,7 @@ def test_training_smoke(tmp_path: Path) -> None:
                  phantom_overrides={"shape": (40, 112, 112), "spacing": (3.0, 1.5, 1.5)})
     assert out.exists() and sidecar_path(out).exists()
     on_disk = json.loads(sidecar_path(out).read_text())
-    assert on_disk["sha256"] == sha256_of(out) == side["sha256"]
+    assert on_disk["sha256"] == sha256_file(out) == side["sha256"]
     assert on_disk["training"]["epochs_done"] == 1 and np.isfinite(on_disk["training"]["final_losses"]["loss"])
     net, _ = load_network(out)
     assert net.config.base_channels == 2

@@ -24,7 +24,6 @@ The shipped weights were trained on synthetic phantoms only (:mod:`medhub.synth.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections.abc import Sequence
@@ -148,14 +147,6 @@ def to_work(hu: np.ndarray, spacing_mm: Sequence[float], grid: WorkGrid, work_mm
 
 
 # ------------------------------------------------------------------------------------------- model
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def sidecar_path(weights_path: Path) -> Path:
     return Path(weights_path).with_suffix(".json")
 

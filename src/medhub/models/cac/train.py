@@ -31,6 +31,7 @@ import torch
 import typer
 from scipy import ndimage as ndi
 
+from medhub.hub.card import sha256_file
 from medhub.learn.unet3d import UNet3D, UNet3DConfig
 from medhub.models.cac.lesions import (
     CANDIDATE_HU,
@@ -39,7 +40,6 @@ from medhub.models.cac.lesions import (
     antialias,
     hu_channels,
     resample_linear,
-    sha256_of,
     sidecar_path,
     to_work,
     work_grid_for,
@@ -332,7 +332,7 @@ def train(out_path: Path, *, n_train: int = 96, epochs: int = 30, seed: int = 0,
     net.eval()
     state = {k: v.detach().clone().contiguous() for k, v in net.state_dict().items()}
     torch.save(state, out_path)
-    digest = sha256_of(out_path)
+    digest = sha256_file(out_path)
     sidecar = {
         "schema": "medhub.cac.lesion_weights/1",
         "file": out_path.name,
