@@ -410,7 +410,12 @@ def segment_heart(
 
 def blood_pool_hu(hu: np.ndarray, heart_mask: np.ndarray, spacing_mm) -> float:
     """Median HU of the blood pool: the heart's inner part, eroded 10 mm (less for a small mask) away from the
-    epicardial fat, without fat (< -30 HU) and calcium or metal (> 600 HU). ``nan`` for an empty mask."""
+    epicardial fat, without fat (< -30 HU) and calcium or metal (> 600 HU), and only its brighter half.
+
+    The brighter half, because the inner part still holds myocardium and septum: with contrast the blood is the
+    bright part, and a plain median lands in the myocardium wherever the chambers are less than half the inner
+    volume. Without contrast blood and myocardium are both 30-50 HU, so the choice changes little.
+    ``nan`` for an empty mask."""
     sp = tuple(float(s) for s in spacing_mm)
     box = _crop_box(heart_mask, (1, 1, 1))
     if box is None:
@@ -428,7 +433,9 @@ def blood_pool_hu(hu: np.ndarray, heart_mask: np.ndarray, spacing_mm) -> float:
     keep = vals[(vals > -30) & (vals < 600)]
     if keep.size == 0:
         keep = vals
-    return float(np.median(keep)) if keep.size else float("nan")
+    if not keep.size:
+        return float("nan")
+    return float(np.median(keep[keep >= np.median(keep)]))
 
 
 def is_contrast_enhanced(blood_hu: float | None, threshold_hu: float = CONTRAST_BLOOD_HU) -> bool:
