@@ -100,8 +100,11 @@ def main() -> None:
               f"zero when none: {s['zero_when_no_calcium']:.0%} (of {s['n_no_calcium']})  n={s['n']}")
     print(f"contrast scans refused: {sum(r['refusal'] == 'contrast' for r in contrast)}/{len(contrast)}; "
           f"stents flagged: {sum(r['metal_flagged'] for r in stents)}/{len(stents)}")
-    ratio = ours["within_tolerance"] / max(naive["within_tolerance"], 1e-9)
-    print(f"ratio (medhub / naive) of phantoms within tolerance: {ratio:.2f}×")
+    if naive["within_tolerance"] > 0:
+        print(f"ratio (medhub / naive) of phantoms within tolerance: "
+              f"{ours['within_tolerance'] / naive['within_tolerance']:.2f}×")
+    else:
+        print("ratio (medhub / naive) of phantoms within tolerance: unbounded (naive has none within tolerance)")
     print(f"median seconds per phantom (model): {np.median([r['seconds'] for r in rows]):.2f}")
 
 
