@@ -19,7 +19,6 @@ from rich.table import Table
 from medhub import __version__
 from medhub.cac.cli import cac_app
 from medhub.errors import MedhubError
-from medhub.models.cac.train import train_command
 
 app = typer.Typer(
     name="medhub",
@@ -28,7 +27,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-cac_app.command("train")(train_command)
 app.add_typer(cac_app, name="cac", help="Coronary artery calcium: scoring, agreement statistics, training.")
 console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)

@@ -183,15 +183,11 @@ def test_training_smoke(tmp_path: Path) -> None:
 
 
 def test_train_command_is_a_typer_command() -> None:
-    import typer
     from typer.testing import CliRunner
 
-    from medhub.models.cac.train import train_command
+    from medhub.cac.cli import cac_app
 
-    app = typer.Typer()
-    app.command("train")(train_command)
-    app.command("other")(lambda: None)
-    result = CliRunner().invoke(app, ["train", "--help"])
+    result = CliRunner().invoke(cac_app, ["train", "--help"])
     assert result.exit_code == 0
     for option in ("--out", "--epochs", "--n-train", "--seed"):
         assert option in result.output

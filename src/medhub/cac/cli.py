@@ -204,3 +204,21 @@ def agreement_command(
     if plot is not None:
         console.print(f"Bland–Altman plot: {plot}", highlight=False)
 
+
+@cac_app.command("train")
+def train_command(
+    out: Annotated[Path, typer.Option("--out", help="Where to write the weights (.pt); a .json sidecar is added.")],
+    epochs: Annotated[int, typer.Option("--epochs", min=1, help="Training epochs.")] = 30,
+    n_train: Annotated[int, typer.Option("--n-train", min=1, help="Number of training phantoms.")] = 96,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of initialisation and patch sampling.")] = 0,
+    steps_per_epoch: Annotated[int, typer.Option("--steps-per-epoch", min=1, help="Adam steps per epoch.")] = 40,
+    threads: Annotated[int, typer.Option("--threads", min=1, help="Torch CPU threads.")] = 2,
+) -> None:
+    """Train the coronary-calcium lesion network on synthetic phantoms (training seeds only)."""
+    # Imported here so that other medhub commands start without loading torch.
+    from medhub.models.cac.lesions import sidecar_path
+    from medhub.models.cac.train import train
+
+    side = train(out, n_train=n_train, epochs=epochs, seed=seed, steps_per_epoch=steps_per_epoch, threads=threads)
+    Console().print(f"wrote {Path(out).resolve()} (sha256 {side['sha256']}, {side['size_bytes']} bytes) "
+                    f"and {sidecar_path(Path(out)).resolve()}")

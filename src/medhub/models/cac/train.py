@@ -24,11 +24,10 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import numpy as np
 import torch
-import typer
 from scipy import ndimage as ndi
 
 from medhub.hub.card import sha256_file
@@ -364,27 +363,3 @@ def train(out_path: Path, *, n_train: int = 96, epochs: int = 30, seed: int = 0,
     }
     sidecar_path(out_path).write_text(json.dumps(sidecar, indent=1) + "\n")
     return sidecar
-
-
-def train_command(
-    out: Annotated[Path, typer.Option("--out", help="Where to write the weights (.pt); a .json sidecar is added.")],
-    epochs: Annotated[int, typer.Option("--epochs", min=1, help="Training epochs.")] = 30,
-    n_train: Annotated[int, typer.Option("--n-train", min=1, help="Number of training phantoms.")] = 96,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of initialisation and patch sampling.")] = 0,
-    steps_per_epoch: Annotated[int, typer.Option("--steps-per-epoch", min=1, help="Adam steps per epoch.")] = 40,
-    threads: Annotated[int, typer.Option("--threads", min=1, help="Torch CPU threads.")] = 2,
-) -> None:
-    """Train the coronary-calcium lesion network on synthetic phantoms (training seeds only)."""
-    from rich.console import Console
-
-    side = train(out, n_train=n_train, epochs=epochs, seed=seed, steps_per_epoch=steps_per_epoch, threads=threads)
-    Console().print(f"wrote {Path(out).resolve()} (sha256 {side['sha256']}, {side['size_bytes']} bytes) "
-                    f"and {sidecar_path(Path(out)).resolve()}")
-
-
-def main() -> None:
-    typer.run(train_command)
-
-
-if __name__ == "__main__":
-    main()
