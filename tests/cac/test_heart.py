@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from functools import cache
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,8 +15,9 @@ from medhub.models.cac.heart import (
     is_contrast_enhanced,
     segment_heart,
 )
+from tests.conftest import SHARED_DATA
 
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+DATA = SHARED_DATA
 LIDC = DATA / "lidc_chest_ct"
 SIEMENS = DATA / "ct_siemens_example"
 needs_lidc = pytest.mark.skipif(not LIDC.is_dir(), reason="shared real data not available")

@@ -21,8 +21,9 @@ from medhub.cac.scoring import (
 from medhub.errors import InputError
 from medhub.io.nifti import write_volume
 from medhub.io.volume import Volume
+from tests.conftest import SHARED_DATA
 
-LIDC = Path(__file__).resolve().parents[3] / "shared" / "data" / "lidc_chest_ct"
+LIDC = SHARED_DATA / "lidc_chest_ct"
 
 
 def blank(shape=(4, 12, 12)) -> np.ndarray:

@@ -20,7 +20,9 @@ from medhub.hub.card import Code, ModelCard, SegmentSpec, ValueSpec, Weights
 from medhub.io.volume import DicomSource, Volume, affine_from_dicom
 
 #: The real, badly de-identified Siemens series (``../shared/data`` beside the clone), see its README.
-REAL_DICOM = Path(__file__).resolve().parents[3] / "shared" / "data" / "ct_siemens_example" / "dicom"
+from tests.conftest import SHARED_DATA
+
+REAL_DICOM = SHARED_DATA / "ct_siemens_example" / "dicom"
 
 ORIGIN = (-120.0, -110.0, -300.0)
 PIXEL_MM = 0.8

@@ -30,8 +30,9 @@ from medhub.io.dicom import (
     scan_dicom,
 )
 from medhub.synth.dicom_series import write_series
+from tests.conftest import SHARED_DATA
 
-SHARED_EXAMPLE = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "ct_siemens_example" / "dicom"
+SHARED_EXAMPLE = SHARED_DATA / "ct_siemens_example" / "dicom"
 
 
 def phantom(slices: int = 20, rows: int = 64, columns: int = 64, seed: int = 0) -> np.ndarray:

@@ -18,8 +18,9 @@ from medhub.models.lung_ct.segment import (
     undo_canonical,
 )
 from medhub.synth.chest import make_chest_phantom
+from tests.conftest import SHARED_DATA
 
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+DATA = SHARED_DATA
 LIDC = DATA / "lidc_chest_ct"
 SIEMENS = DATA / "ct_siemens_example"
 
