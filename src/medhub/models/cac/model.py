@@ -24,7 +24,6 @@ from medhub.hub.model import FolderModel, Prediction
 from medhub.io.volume import Volume
 from medhub.models.cac.heart import heart_region, segment_heart
 from medhub.models.cac.lesions import segment_calcium
-from medhub.models.lung_ct.segment import segment_lungs
 
 HEART_LABEL, CALCIUM_LABEL = 1, 2
 
@@ -49,8 +48,7 @@ class CAC(FolderModel):
     def predict(self, volume: Volume) -> Prediction:
         hu = volume.array
         spacing = volume.spacing
-        lungs = segment_lungs(hu, spacing, volume.direction)
-        heart = segment_heart(hu, spacing, volume.direction, lungs=lungs)
+        heart = segment_heart(hu, spacing, volume.direction)
         if not heart.found:
             raise InputError(None, heart.reason or "heart not found", code="heart-not-found")
         if heart.blood_pool_hu is not None and heart.blood_pool_hu > CONTRAST_BLOOD_POOL_HU:
