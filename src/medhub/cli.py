@@ -18,6 +18,7 @@ from rich.table import Table
 
 from medhub import __version__
 from medhub.cac.cli import cac_app
+from medhub.cohort.cli import batch_command, release_command
 from medhub.errors import MedhubError
 
 app = typer.Typer(
@@ -28,6 +29,8 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(cac_app, name="cac", help="Coronary artery calcium: scoring, agreement statistics, training.")
+app.command("batch")(batch_command)
+app.command("release")(release_command)
 console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
 _state = {"debug": False}
@@ -195,6 +198,8 @@ def demo_command(
 def main() -> None:
     """Entry point: run the app, turning expected errors into one line and an exit code."""
     debug = "--debug" in sys.argv[1:]
+    if debug:  # accepted anywhere on the line, not only before the command
+        sys.argv = [sys.argv[0], "--debug", *(a for a in sys.argv[1:] if a != "--debug")]
     # Library log lines (highdicom, pydicom) would interleave with our one-line messages; --debug shows them.
     logging.basicConfig(level=logging.DEBUG if debug else logging.ERROR,
                         format="%(levelname)s %(name)s: %(message)s")
@@ -210,10 +215,9 @@ def main() -> None:
     except (typer.Abort, KeyboardInterrupt):
         err_console.print("aborted")
         sys.exit(130)
-    except Exception as e:  # click usage errors come here too
-        import click
-
-        if isinstance(e, click.ClickException):
+    except Exception as e:  # usage errors come here too
+        # typer raises its vendored click's exceptions (typer._click), so recognise them by their interface
+        if callable(getattr(e, "show", None)) and isinstance(getattr(e, "exit_code", None), int):
             e.show()
             sys.exit(e.exit_code)
         if debug:

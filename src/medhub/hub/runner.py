@@ -221,8 +221,8 @@ def run_case(
         result.outputs = {kind: str(output / case.id / name) for kind, name in written.items()}
         result.status = "ok"
         if "json" in wanted:
-            case_record = {**(provenance or {}), "case": _case_dict(result), "extra": prediction.extra}
-            records.write_json(staging / "results.json", case_record)
+            record = {**(provenance or {}), "case": case_record(result), "extra": prediction.extra}
+            records.write_json(staging / "results.json", record)
             records.write_csv(staging / "results.csv", [_csv_row(result)])
             result.outputs["json"] = str(output / case.id / "results.json")
         _publish(staging, output / case.id)
@@ -242,7 +242,7 @@ def run_case(
     return result
 
 
-def _case_dict(r: CaseResult) -> dict[str, Any]:
+def case_record(r: CaseResult) -> dict[str, Any]:
     return {
         "case_id": r.case_id, "status": r.status, "reason_code": r.reason_code, "message": r.message,
         "input": r.input, "outputs": r.outputs, "values": r.values, "warnings": r.warnings,
@@ -317,7 +317,7 @@ def run(
                       "unreadable": [f"{p}: {why}" for p, why in discovery.unreadable],
                       "warnings": discovery.warnings},
         "peak_rss_mib": records.peak_rss_mib(),
-        "cases": [_case_dict(r) for r in results],
+        "cases": [case_record(r) for r in results],
     }
     report.record_path = records.write_json(output / "run.json", run_record)
     records.write_csv(output / "results.csv", [_csv_row(r) for r in results])

@@ -57,12 +57,12 @@ def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     """Plain JSON types only: numpy scalars become Python numbers, NaN/inf become null, paths strings."""
     if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if isinstance(value, Path):
         return str(value)
     if hasattr(value, "item") and callable(value.item):  # numpy scalar
@@ -73,7 +73,7 @@ def _jsonable(value: Any) -> Any:
 
 
 def to_json(data: Mapping[str, Any]) -> str:
-    return json.dumps(_jsonable(data), indent=2, sort_keys=False) + "\n"
+    return json.dumps(jsonable(data), indent=2, sort_keys=False) + "\n"
 
 
 def write_json(path: str | Path, data: Mapping[str, Any]) -> Path:
@@ -89,5 +89,5 @@ def write_csv(path: str | Path, rows: Sequence[Mapping[str, Any]], columns: Sequ
     writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: _jsonable(v) for k, v in row.items()})
+        writer.writerow({k: jsonable(v) for k, v in row.items()})
     return write_text_atomic(path, buffer.getvalue())
