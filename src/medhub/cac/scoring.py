@@ -267,6 +267,16 @@ def calibration_factor(rod_hu: float, rod_density_mg_cm3: float) -> float:
     return rod_density_mg_cm3 / rod_hu
 
 
+def _bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
+    """Bounding box of a 3D bool mask (``None`` if empty), by projections: much faster than ``find_objects``."""
+    zs = np.flatnonzero(mask.any(axis=(1, 2)))
+    if zs.size == 0:
+        return None
+    proj = np.logical_or.reduce(mask[zs[0]:zs[-1] + 1], axis=0)
+    ys, xs = np.flatnonzero(proj.any(axis=1)), np.flatnonzero(proj.any(axis=0))
+    return slice(zs[0], zs[-1] + 1), slice(ys[0], ys[-1] + 1), slice(xs[0], xs[-1] + 1)
+
+
 def _structure(connectivity: str) -> np.ndarray:
     if connectivity == "3d":
         return np.ones((3, 3, 3), dtype=bool)
@@ -355,6 +365,12 @@ def score_calcium(
             raise InputError("mask", f"mask shape {_dims(mask.shape)} does not match the CT shape {_dims(hu.shape)}",
                              code="grid-mismatch")
         region = np.isin(mask, np.asarray(labels)) if labels is not None else mask != 0
+    # only the region's bounding box matters: work there (raster order, and so lesion numbering, is the same)
+    full_shape, offset = hu.shape, (0, 0, 0)
+    box = _bounding_box(region)
+    if box is not None and mask is not None:
+        offset = tuple(b.start for b in box)
+        hu, region, mask = hu[box], region[box], mask[box]
 
     calcified = hu >= convention.threshold_hu
     labelled, _ = ndimage.label(region & calcified if convention.mode == "roi" else region,
@@ -372,9 +388,10 @@ def score_calcium(
     starts = np.flatnonzero(np.r_[True, lesion_of[1:] != lesion_of[:-1]]) if index.size else np.zeros(0, np.intp)
     counts = np.diff(np.r_[starts, index.size])
     k, j, i = np.unravel_index(index, hu.shape)
+    k, j, i = k + offset[0], j + offset[1], i + offset[2]
 
     if convention.is_3d and index.size:
-        section_key = lesion_of.astype(np.int64) * hu.shape[0] + k
+        section_key = lesion_of.astype(np.int64) * full_shape[0] + k
         section_starts = np.flatnonzero(np.r_[True, section_key[1:] != section_key[:-1]])
         section_counts = np.diff(np.r_[section_starts, index.size])
         section_lesion = lesion_of[section_starts]

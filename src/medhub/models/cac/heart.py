@@ -12,7 +12,8 @@ and at the bottom by the diaphragm / liver dome.
 Method, on a canonical working grid of about 3 mm (axis 0 head, 1 posterior, 2 patient left; block means, with
 ``medhub.models.lung_ct.segment``'s orientation helpers):
 
-1. Lungs (lung-ct's :func:`segment_lungs` on the working grid, unless given), body, airway.
+1. Lungs (lung-ct's segmentation run directly on the working grid, :func:`segment_lungs_canonical`, unless given),
+   body (computed once, shared with the lungs), airway.
 2. Thoracic cavity per axial slice: the 2D convex hull of both lungs; the mediastinum is that hull minus the
    lungs. Candidate tissue: -120..+700 HU (fat-poor soft tissue up to contrast-enhanced blood; bone is mostly
    outside the hull or removed by the opening), with its noise specks (holes of <= 3 working voxels, fat that
@@ -52,7 +53,7 @@ from medhub.models.lung_ct.segment import (
     body_mask,
     canonical_transform,
     find_airway,
-    segment_lungs,
+    segment_lungs_canonical,
     undo_canonical,
 )
 
@@ -90,14 +91,99 @@ def _not_found(reason: str, info: dict[str, Any]) -> HeartResult:
     return HeartResult(False, None, "heart not found: " + reason, "none", 0.0, None, info)
 
 
+def _ball_rows(spacing, radius_mm: float) -> dict[tuple[int, int], int]:
+    """The ball ``sqrt((dz sz)^2 + (dy sy)^2 + (dx sx)^2) <= radius_mm`` (voxel offsets, anisotropic spacing) as
+    ``{(dz, dy): largest dx}`` for ``dz, dy >= 0`` (the ball is symmetric). The distance is computed as scipy's
+    ``distance_transform_edt`` computes it, so the ball holds exactly the offsets that transform puts within
+    ``radius_mm``."""
+    sp = [float(s) for s in spacing]
+    kz, ky, kx = (int(np.floor(radius_mm / s)) for s in sp)
+    dx = np.arange(kx + 1, dtype=np.float64) * sp[2]
+    rows = {}
+    for dz in range(kz + 1):
+        for dy in range(ky + 1):
+            dist = np.sqrt(((dz * sp[0]) ** 2 + (dy * sp[1]) ** 2) + dx * dx)
+            inside = np.nonzero(dist <= radius_mm)[0]
+            if inside.size:
+                rows[(dz, dy)] = int(inside[-1])
+    return rows
+
+
+def _shift_packed(packed: np.ndarray, shift: int) -> np.ndarray:
+    """``out[..., x] = in[..., x - shift]`` (zeros shifted in) for bits packed along the last axis by
+    ``np.packbits`` (big-endian: element ``x`` is bit ``7 - x % 8`` of byte ``x // 8``)."""
+    out = np.zeros_like(packed)
+    nb = packed.shape[-1]
+    q, r = divmod(abs(shift), 8)
+    if q >= nb:
+        return out
+    if shift > 0:  # towards higher x
+        src = packed[..., : nb - q]
+        out[..., q:] = src >> r
+        if r:
+            out[..., q + 1 :] |= src[..., :-1] << (8 - r)
+    else:  # towards lower x
+        src = packed[..., q:]
+        out[..., : nb - q] = src << r
+        if r:
+            out[..., : nb - q - 1] |= src[..., 1:] >> (8 - r)
+    return out
+
+
+def dilate_ball(mask: np.ndarray, spacing, radius_mm: float) -> np.ndarray:
+    """Binary dilation of ``mask`` with a ball of ``radius_mm`` (anisotropic ``spacing``); nothing outside the array.
+
+    Exactly ``distance_transform_edt(~mask, sampling=spacing) <= radius_mm`` (for a mask that is not empty), at a
+    fraction of its time and memory: the ball is a union of rows along the last axis, and the mask is bit-packed
+    along that axis (8 voxels a byte) once; rows of every half-width ``w`` are ORs of bit shifts, and the shifts
+    along the first two axes are ORs of whole packed rows.
+    """
+    mask = np.ascontiguousarray(mask, dtype=bool)
+    nz, ny, nx = mask.shape
+    rows = _ball_rows(spacing, radius_mm)
+    base = np.packbits(mask, axis=2)
+    packed, grown = {}, base
+    for w in range(max(rows.values()) + 1):  # row half-width w: the OR of the shifts -w..w along the last axis
+        if w:
+            grown = grown | _shift_packed(base, w) | _shift_packed(base, -w)
+        packed[w] = grown
+    out = None
+    for dz in range(max(z for z, _ in rows) + 1):
+        plane = np.zeros_like(packed[rows[(0, 0)]])  # the union of the ball's rows at this dz, over dy
+        for (z, dy), w in rows.items():
+            if z != dz or dy >= ny:
+                continue
+            src = packed[w]
+            plane[:, : ny - dy] |= src[:, dy:]
+            if dy:
+                plane[:, dy:] |= src[:, : ny - dy]
+        if out is None:
+            out = plane
+        elif dz < nz:
+            out[: nz - dz] |= plane[dz:]
+            out[dz:] |= plane[: nz - dz]
+    return np.unpackbits(out, axis=2, count=nx).view(bool)
+
+
 def _ball_open(mask: np.ndarray, spacing, radius_mm: float) -> np.ndarray:
-    """Morphological opening with a ball of ``radius_mm`` (anisotropic spacing honoured), via distance maps."""
-    if not mask.any():
-        return mask.copy()
-    eroded = ndi.distance_transform_edt(mask, sampling=spacing) > radius_mm
-    if not eroded.any():
-        return np.zeros_like(mask)
-    return ndi.distance_transform_edt(~eroded, sampling=spacing) <= radius_mm
+    """Morphological opening with a ball of ``radius_mm`` (anisotropic spacing honoured).
+
+    The same as thresholding distance maps (erosion: more than ``radius_mm`` from any background voxel of the
+    array; dilation back: within ``radius_mm`` of an eroded voxel), computed with :func:`dilate_ball` on the
+    mask's bounding box plus one voxel, which holds every voxel involved.
+    """
+    out = np.zeros_like(mask)
+    box = crop_box(mask, (1, 1, 1))
+    if box is None:
+        return out
+    crop = np.asarray(mask[box], bool)
+    if crop.all():  # no background voxel to measure from: the distance-map definition
+        eroded = ndi.distance_transform_edt(crop, sampling=spacing) > radius_mm
+    else:
+        eroded = ~dilate_ball(~crop, spacing, radius_mm)
+    if eroded.any():
+        out[box] = dilate_ball(eroded, spacing, radius_mm)
+    return out
 
 
 def _extent_jump(block: np.ndarray, sp, z_guard: float) -> int | None:
@@ -119,12 +205,17 @@ def _extent_jump(block: np.ndarray, sp, z_guard: float) -> int | None:
 
 
 def _hull_per_slice(lung: np.ndarray) -> np.ndarray:
+    """Each axial slice (with at least 10 voxels) replaced by its 2D convex hull, computed on the slice's bounding
+    box (the hull is inside it; convex_hull_image on the whole slice gives the same)."""
     from skimage.morphology import convex_hull_image
 
     out = np.zeros_like(lung)
-    for z in range(lung.shape[0]):
-        if lung[z].sum() >= 10:
-            out[z] = convex_hull_image(lung[z])
+    counts = np.count_nonzero(lung, axis=(1, 2))
+    for z in np.nonzero(counts >= 10)[0]:
+        ys = np.nonzero(lung[z].any(axis=1))[0]
+        xs = np.nonzero(lung[z].any(axis=0))[0]
+        box = (slice(ys[0], ys[-1] + 1), slice(xs[0], xs[-1] + 1))
+        out[z][box] = convex_hull_image(lung[z][box])
     return out
 
 
@@ -149,9 +240,10 @@ def _carina_slice(airway: np.ndarray, spacing) -> int | None:
 
 
 def _heart_canonical(
-    hu: np.ndarray, sp: tuple[float, float, float], lungs: np.ndarray
+    hu: np.ndarray, sp: tuple[float, float, float], lungs: np.ndarray, body: np.ndarray | None = None
 ) -> tuple[np.ndarray | None, str, dict[str, Any]]:
-    """Heart mask on the canonical working grid, or ``(None, reason, info)``."""
+    """Heart mask on the canonical working grid, or ``(None, reason, info)``; ``body`` is
+    :func:`body_mask` of ``hu`` when the caller has it."""
     info: dict[str, Any] = {}
     vox_ml = float(np.prod(sp)) / 1000.0
     right, left = lungs == 1, lungs == 2
@@ -166,7 +258,8 @@ def _heart_canonical(
             ),
             info,
         )
-    body = body_mask(hu)
+    if body is None:
+        body = body_mask(hu)
     hull = _hull_per_slice(lung)
     cavity = hull & ~lung & body
     tissue = (hu > TISSUE_HU[0]) & (hu < TISSUE_HU[1])
@@ -287,36 +380,77 @@ CANONICAL_DIRECTION = np.array([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0
 
 
 def _block_mean_fast(a: np.ndarray, f: tuple[int, int, int]) -> np.ndarray:
-    """Block means (float32) over ``f``-sized blocks; a partial last block is averaged over what it has."""
+    """Block means (float32) over ``f``-sized blocks; a partial last block is averaged over what it has.
+
+    Integer input is summed exactly (int64 when int32 could overflow) and divided once, so each mean is the
+    correctly rounded float32 of the true mean; the sums run over strided views, one slab of slices at a time
+    (no float copy of the input, no full-size temporary).
+    """
+    a = np.asarray(a)
     if f == (1, 1, 1):
         return a.astype(np.float32)
-    out = a
-    for ax, k in enumerate(f):
-        if k == 1:
-            continue
-        n = out.shape[ax]
-        m = n // k
-        head = out[(slice(None),) * ax + (slice(0, m * k),)]
-        shp = list(head.shape)
-        shp[ax : ax + 1] = [m, k]
-        red = head.reshape(shp).sum(axis=ax + 1, dtype=np.float32) / np.float32(k)
-        if n > m * k:
-            tail = out[(slice(None),) * ax + (slice(m * k, n),)].astype(np.float32).mean(axis=ax, keepdims=True)
-            red = np.concatenate([red, tail], axis=ax)
-        out = red
-    return out.astype(np.float32, copy=False)
+    if a.dtype == bool or (np.issubdtype(a.dtype, np.integer) and a.dtype.itemsize <= 2):
+        acc_type = np.int32 if int(np.prod(f)) < 2**15 else np.int64  # |value| <= 2**16: no overflow
+    elif np.issubdtype(a.dtype, np.integer):
+        acc_type = np.int64
+    else:
+        acc_type = np.float64
+    shape_low = tuple(-(-n // k) for n, k in zip(a.shape, f, strict=True))  # the last block may be partial
+    counts = []
+    for n, k, m in zip(a.shape, f, shape_low, strict=True):
+        cnt = np.full(m, k, np.int64)
+        cnt[-1] = n - (m - 1) * k
+        counts.append(cnt)
+    sums = np.empty(shape_low, acc_type)
+    # one slab of f[0] slices at a time: the partial sums stay small (no full-size temporary to page in)
+    for i in range(shape_low[0]):
+        slab = a[i * f[0] : (i + 1) * f[0]]
+        acc = slab[0].astype(acc_type)
+        for plane in slab[1:]:
+            acc += plane
+        for ax, k in ((0, f[1]), (1, f[2])):
+            if k == 1:
+                continue
+            n = acc.shape[ax]
+            sel = (slice(None),) * ax
+            reduced = acc[(*sel, slice(0, n, k))].copy()  # element 0 of every block, then 1, 2, ... added
+            for j in range(1, k):
+                rows = acc[(*sel, slice(j, n, k))]
+                reduced[(*sel, slice(0, rows.shape[ax]))] += rows
+            acc = reduced
+        sums[i] = acc
+    total = counts[0][:, None, None] * counts[1][None, :, None] * counts[2][None, None, :]
+    return (sums / total).astype(np.float32)
 
 
 def _upsample_smooth(low: np.ndarray, f: tuple[int, int, int], shape: tuple[int, ...]) -> np.ndarray:
-    """Bool mask on the fine grid: linear interpolation of the block mask, thresholded at 0.5 (bbox only)."""
+    """Bool mask on the fine grid: linear interpolation of the block mask, thresholded at 0.5 (bbox only).
+
+    The interpolation is ``ndi.zoom(low, f, order=1, mode="nearest", grid_mode=True)`` done separably in integer
+    arithmetic (the weights along an axis of factor ``k`` are multiples of ``1 / 2k``), so the threshold is exact:
+    a voxel is in the mask when its interpolated value is above one half.
+    """
     if f == (1, 1, 1):
         return low.astype(bool)
     out = np.zeros(shape, bool)
-    box = _crop_box(low, (1, 1, 1))
+    box = crop_box(low, (1, 1, 1))
     if box is None:
         return out
-    crop = low[box].astype(np.float32)
-    fine = ndi.zoom(crop, f, order=1, mode="nearest", grid_mode=True) > 0.5
+    scale = int(np.prod([2 * k for k in f if k > 1]))
+    acc = np.asarray(low[box], bool).astype(np.uint16 if scale <= np.iinfo(np.uint16).max else np.uint32)
+    for ax, k in enumerate(f):
+        if k == 1:
+            continue
+        n = acc.shape[ax]
+        pos2k = 2 * np.arange(n * k) + 1 - k  # fine voxel centre in coarse index units, times 2k
+        i0 = np.floor_divide(pos2k, 2 * k)
+        w_hi = (pos2k - 2 * k * i0).astype(acc.dtype)
+        lo, hi = np.clip(i0, 0, n - 1), np.clip(i0 + 1, 0, n - 1)  # "nearest": edge values continue outwards
+        bshape = [1, 1, 1]
+        bshape[ax] = n * k
+        w_hi = w_hi.reshape(bshape)
+        acc = np.take(acc, lo, axis=ax) * (acc.dtype.type(2 * k) - w_hi) + np.take(acc, hi, axis=ax) * w_hi
+    fine = acc > scale // 2
     start = [b.start * k for b, k in zip(box, f, strict=True)]
     stop = [min(n, s0 + e) for s0, e, n in zip(start, fine.shape, shape, strict=True)]
     out[tuple(slice(a, b) for a, b in zip(start, stop, strict=True))] = fine[
@@ -325,13 +459,39 @@ def _upsample_smooth(low: np.ndarray, f: tuple[int, int, int], shape: tuple[int,
     return out
 
 
-def _crop_box(mask: np.ndarray, pad: tuple[int, int, int]) -> tuple[slice, ...] | None:
-    box = ndi.find_objects(mask.astype(np.uint8))
-    if not box or box[0] is None:
+def crop_box(mask: np.ndarray, pad: tuple[int, int, int]) -> tuple[slice, ...] | None:
+    """Bounding box of a 3D mask grown by ``pad`` voxels per axis (clipped to the array), or ``None`` for an empty
+    mask. The same box as ``ndi.find_objects(mask.astype(np.uint8))`` grown by ``pad``, about 30 times faster on
+    a full-resolution bool mask (no uint8 copy, projections instead of a scan of every voxel)."""
+    m = np.asarray(mask)
+    if m.dtype != bool:
+        m = m != 0
+    rows = m.reshape(m.shape[0], -1)
+    if rows.flags.c_contiguous and rows.shape[1] % 8 == 0:
+        rows = rows.view(np.uint64)  # 8 voxels at a time
+    zs = np.flatnonzero(rows.any(axis=1))
+    if zs.size == 0:
         return None
+    proj = np.logical_or.reduce(m[zs[0] : zs[-1] + 1], axis=0)
+    ys = np.flatnonzero(proj.any(axis=1))
+    xs = np.flatnonzero(proj.any(axis=0))
+    bounds = ((zs[0], zs[-1] + 1), (ys[0], ys[-1] + 1), (xs[0], xs[-1] + 1))
     return tuple(
-        slice(max(0, b.start - p), min(n, b.stop + p)) for b, p, n in zip(box[0], pad, mask.shape, strict=True)
+        slice(max(0, int(a) - p), min(n, int(b) + p)) for (a, b), p, n in zip(bounds, pad, m.shape, strict=True)
     )
+
+
+def _fill_holes_3d(mask: np.ndarray) -> np.ndarray:
+    """``ndi.binary_fill_holes`` (3D, 6-connected background) by one labelling of the background."""
+    lab, n = ndi.label(~mask)
+    if n == 0:
+        return mask.copy()
+    hole = np.ones(n + 1, bool)
+    hole[0] = False
+    for ax in range(3):
+        for side in (0, -1):
+            hole[np.take(lab, side, axis=ax)] = False  # background reaching the array's faces
+    return mask | hole[lab]
 
 
 def segment_heart(
@@ -367,8 +527,10 @@ def segment_heart(
     low = _block_mean_fast(can, f)
     low_sp = tuple(s * k for s, k in zip(sp, f, strict=True))
     info: dict[str, Any] = {"work_spacing_mm": [round(s, 3) for s in low_sp]}
+    body_low = None
     if lungs is None:
-        lungs_low = segment_lungs(low, low_sp, CANONICAL_DIRECTION)
+        body_low = body_mask(low)
+        lungs_low = segment_lungs_canonical(low, low_sp, body=body_low)
     else:
         lc = apply_canonical(np.asarray(lungs), tr)
         lungs_low = lc[f[0] // 2 :: f[0], f[1] // 2 :: f[1], f[2] // 2 :: f[2]][
@@ -376,7 +538,7 @@ def segment_heart(
         ]
         pad = [(0, a - b) for a, b in zip(low.shape, lungs_low.shape, strict=True)]
         lungs_low = np.pad(lungs_low, pad)
-    heart_low, reason, more = _heart_canonical(low, low_sp, lungs_low)
+    heart_low, reason, more = _heart_canonical(low, low_sp, lungs_low, body=body_low)
     info.update(more)
     if heart_low is None:
         return _not_found(reason, info)
@@ -399,13 +561,13 @@ def segment_heart(
         coverage = "partial-top"
     elif bottom_cut:
         coverage = "partial-bottom"
-    heart_low = ndi.binary_fill_holes(heart_low)
+    heart_low = _fill_holes_3d(heart_low)
     full = _upsample_smooth(heart_low, f, can.shape)
-    mask = np.ascontiguousarray(undo_canonical(full, tr)).astype(bool)
+    mask = np.ascontiguousarray(undo_canonical(full, tr))
     vox_ml = float(np.prod(spacing_mm)) / 1000.0
     bp = blood_pool_hu(low, heart_low, low_sp)  # on the working grid: fast, and the same on any input grid
     info["coverage_slices_mm"] = [round(float(zs[0] * low_sp[0]), 1), round(float(zs[-1] * low_sp[0]), 1)]
-    return HeartResult(True, mask, "", coverage, float(mask.sum() * vox_ml), bp, info)
+    return HeartResult(True, mask, "", coverage, float(np.count_nonzero(mask) * vox_ml), bp, info)
 
 
 def blood_pool_hu(hu: np.ndarray, heart_mask: np.ndarray, spacing_mm) -> float:
@@ -417,7 +579,7 @@ def blood_pool_hu(hu: np.ndarray, heart_mask: np.ndarray, spacing_mm) -> float:
     volume. Without contrast blood and myocardium are both 30-50 HU, so the choice changes little.
     ``nan`` for an empty mask."""
     sp = tuple(float(s) for s in spacing_mm)
-    box = _crop_box(heart_mask, (1, 1, 1))
+    box = crop_box(heart_mask, (1, 1, 1))
     if box is None:
         return float("nan")
     m = np.asarray(heart_mask[box], bool)
@@ -448,8 +610,8 @@ def heart_region(mask: np.ndarray, spacing_mm, margin_mm: float = 5.0) -> np.nda
     sp = tuple(float(s) for s in spacing_mm)
     pad = tuple(int(np.ceil(margin_mm / s)) + 1 for s in sp)
     out = np.zeros(mask.shape, bool)
-    box = _crop_box(mask, pad)
+    box = crop_box(mask, pad)
     if box is None:
         return out
-    out[box] = ndi.distance_transform_edt(~np.asarray(mask[box], bool), sampling=sp) <= margin_mm
+    out[box] = dilate_ball(mask[box], sp, margin_mm)  # = distance_transform_edt(~mask) <= margin_mm, faster
     return out

@@ -123,26 +123,27 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
     return lab == int(sizes.argmax())
 
 
+_IN_PLANE_CROSS = np.zeros((3, 3, 3), bool)
+_IN_PLANE_CROSS[1] = ndi.generate_binary_structure(2, 1)
+
+
 def _fill_holes_2d(mask: np.ndarray, max_hole_px: int | None = None) -> np.ndarray:
-    """Fill holes in every axial slice; with ``max_hole_px`` only holes up to that many pixels."""
-    out = mask.copy()
-    for z in range(mask.shape[0]):
-        s = mask[z]
-        if not s.any():
-            continue
-        filled = ndi.binary_fill_holes(s)
-        if max_hole_px is None:
-            out[z] = filled
-            continue
-        holes = filled & ~s
-        if not holes.any():
-            continue
-        lab, _n = ndi.label(holes)
-        sizes = np.bincount(lab.ravel())
-        small = sizes <= max_hole_px
-        small[0] = False
-        out[z] = s | small[lab]
-    return out
+    """Fill holes in every axial slice; with ``max_hole_px`` only holes up to that many pixels.
+
+    The same as ``ndi.binary_fill_holes`` slice by slice (a hole is a 4-connected part of the slice's background
+    that does not reach the slice's edge), done for all slices with one labelling of the background.
+    """
+    mask = np.asarray(mask, bool)
+    lab, n = ndi.label(~mask, structure=_IN_PLANE_CROSS)
+    if n == 0:
+        return mask.copy()
+    hole = np.ones(n + 1, bool)
+    hole[0] = False
+    for edge in (lab[:, 0, :], lab[:, -1, :], lab[:, :, 0], lab[:, :, -1]):
+        hole[edge] = False  # background reaching the slice's edge
+    if max_hole_px is not None:
+        hole &= np.bincount(lab.ravel(), minlength=n + 1) <= max_hole_px
+    return mask | hole[lab]
 
 
 def body_mask(hu: np.ndarray) -> np.ndarray:
@@ -280,32 +281,49 @@ def describe_components(
     back = np.where(rows_any.any(1), ny - 1 - np.argmax(rows_any[:, ::-1], axis=1), 0)
     front = np.where(rows_any.any(1), np.argmax(rows_any, axis=1), 0)
     depth = np.maximum(back - front + 1, 1)
-    out = []
-    for i, sl in enumerate(ndi.find_objects(lab)):
-        if sl is None:
-            continue
-        m = lab[sl] == i + 1
-        vals = hu[sl][m]
-        zz, yy, xx = np.nonzero(m)
-        zz = zz + sl[0].start
-        yy = yy + sl[1].start
-        xx = xx + sl[2].start
-        # per slice: how far the component's back edge is from the body's back
-        gaps = []
-        for z in np.unique(zz):
-            gaps.append((back[z] - yy[zz == z].max()) / depth[z])
-        out.append(
-            Component(
-                index=i + 1,
-                volume_ml=float(m.sum() * vox_ml),
-                median_hu=float(np.median(vals)),
-                frac_below_950=float(np.mean(vals < -950)),
-                posterior_gap=float(np.min(gaps)),
-                centroid_x=float(xx.mean()),
-                left_share=float(np.mean(xx > mid_x)),
-            )
+    # all components at once: the labelled voxels grouped by label, each group in C order (z, then y, then x)
+    flat = lab.ravel()
+    where = np.flatnonzero(flat)
+    order = np.argsort(flat[where], kind="stable")
+    where = where[order]
+    ids = flat[where]
+    vals = np.asarray(hu).ravel()[where]
+    zz, yy, xx = np.unravel_index(where, lab.shape)
+    present = np.unique(ids)
+    if present.size == 0:
+        return []
+    counts = np.bincount(ids)[present]
+    starts = np.searchsorted(ids, present)
+    below = np.bincount(ids, weights=vals < -950)[present]
+    sum_x = np.bincount(ids, weights=xx)[present]
+    left = np.bincount(ids, weights=xx > mid_x)[present]
+    # per component and slice: how far its back edge is from the body's back (in C order the last voxel of each
+    # slice has the slice's largest y)
+    last = np.append(np.nonzero((zz[1:] != zz[:-1]) | (ids[1:] != ids[:-1]))[0], ids.size - 1)
+    gaps = (back[zz[last]] - yy[last]) / depth[zz[last]]
+    min_gap = np.minimum.reduceat(gaps, np.searchsorted(ids[last], present))
+    # medians as np.median takes them: the middle value, or the mean of the two middle values
+    by_value = vals[np.lexsort((vals, ids))]
+    half = counts // 2
+    odd = counts % 2 == 1
+    medians = np.empty(present.size, dtype=np.result_type(np.mean(vals[:1])))
+    if odd.any():
+        medians[odd] = np.mean(by_value[(starts + half)[odd]].reshape(-1, 1), axis=1)
+    if (~odd).any():
+        pairs = (starts + half)[~odd]
+        medians[~odd] = np.mean(np.stack([by_value[pairs - 1], by_value[pairs]], axis=1), axis=1)
+    return [
+        Component(
+            index=int(i),
+            volume_ml=float(c * vox_ml),
+            median_hu=float(med),
+            frac_below_950=float(b / c),
+            posterior_gap=float(g),
+            centroid_x=float(sx / c),
+            left_share=float(lf / c),
         )
-    return out
+        for i, c, med, b, g, sx, lf in zip(present, counts, medians, below, min_gap, sum_x, left, strict=True)
+    ]
 
 
 def classify_components(comps: list[Component], min_ml: float = 5.0) -> list[Component]:
@@ -503,8 +521,10 @@ def split_left_right(lung: np.ndarray, lab: np.ndarray, comps: list[Component], 
 
 
 # --------------------------------------------------------------------------------------------------- main
-def _segment_canonical(hu: np.ndarray, spacing, threshold_hu: float) -> tuple[np.ndarray, np.ndarray, dict]:
-    body = body_mask(hu)
+def _segment_canonical(hu: np.ndarray, spacing, threshold_hu: float, body: np.ndarray | None = None
+                       ) -> tuple[np.ndarray, np.ndarray, dict]:
+    if body is None:
+        body = body_mask(hu)
     xs = np.nonzero(body.any(axis=(0, 1)))[0]
     mid_x = 0.5 * (xs[0] + xs[-1]) if xs.size else hu.shape[2] / 2
     air = (hu < threshold_hu) & body
@@ -549,6 +569,28 @@ def _segment_canonical(hu: np.ndarray, spacing, threshold_hu: float) -> tuple[np
     # what must not grow back at full resolution: the airway and any air that is not lung
     blocked = airway | (all_air & (labels == 0))
     return labels, blocked, info
+
+
+def segment_lungs_canonical(
+    hu: np.ndarray,
+    spacing_mm: tuple[float, float, float],
+    threshold_hu: float = -400.0,
+    body: np.ndarray | None = None,
+) -> np.ndarray:
+    """:func:`segment_lungs` for an array already in canonical orientation (see :func:`canonical_transform`).
+
+    On a grid at least as coarse as the working grid (``block_factors(spacing_mm) == (1, 1, 1)``) this is the
+    working-grid segmentation itself, with no copy or resampling, and ``body`` (:func:`body_mask` of ``hu``, if
+    the caller has it) is not computed again; the result equals
+    ``segment_lungs(hu, spacing_mm, direction_of_the_canonical_axes)``. Finer grids go through
+    :func:`segment_lungs`.
+    """
+    sp = tuple(float(s) for s in spacing_mm)
+    if block_factors(sp) != (1, 1, 1) or np.asarray(hu).dtype != np.float32:
+        canonical_direction = np.array([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+        return segment_lungs(hu, sp, canonical_direction, threshold_hu=threshold_hu)
+    labels, _blocked, _info = _segment_canonical(np.asarray(hu), sp, threshold_hu, body=body)
+    return labels.astype(np.uint8, copy=False)
 
 
 def segment_lungs(
