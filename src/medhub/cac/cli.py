@@ -213,12 +213,19 @@ def train_command(
     seed: Annotated[int, typer.Option("--seed", help="Seed of initialisation and patch sampling.")] = 0,
     steps_per_epoch: Annotated[int, typer.Option("--steps-per-epoch", min=1, help="Adam steps per epoch.")] = 40,
     threads: Annotated[int, typer.Option("--threads", min=1, help="Torch CPU threads.")] = 2,
+    first_seed: Annotated[int, typer.Option("--first-seed", min=0, help="First training phantom seed.")] = 0,
+    init_from: Annotated[Path | None, typer.Option("--init-from", exists=True, dir_okay=False,
+                                                   help="Warm start from these weights (same network).")] = None,
+    time_limit: Annotated[float | None, typer.Option("--time-limit", min=1, help="Stop after the epoch that "
+                                                     "passes this many seconds.")] = None,
+    notes: Annotated[str | None, typer.Option("--notes", help="Free text kept in the weights' sidecar.")] = None,
 ) -> None:
     """Train the coronary-calcium lesion network on synthetic phantoms (training seeds only)."""
     # Imported here so that other medhub commands start without loading torch.
     from medhub.models.cac.lesions import sidecar_path
     from medhub.models.cac.train import train
 
-    side = train(out, n_train=n_train, epochs=epochs, seed=seed, steps_per_epoch=steps_per_epoch, threads=threads)
+    side = train(out, n_train=n_train, epochs=epochs, seed=seed, steps_per_epoch=steps_per_epoch, threads=threads,
+                 first_seed=first_seed, init_from=init_from, time_limit_s=time_limit, notes=notes)
     Console().print(f"wrote {Path(out).resolve()} (sha256 {side['sha256']}, {side['size_bytes']} bytes) "
                     f"and {sidecar_path(Path(out)).resolve()}")

@@ -744,10 +744,20 @@ def coronary_arrays(calcs: list[Calcification], shape: tuple[int, int, int]
     return calc_hu, mask, tuple(int(v) for v in lo)  # type: ignore[return-value]
 
 
-def random_phantom_params(seed: int, held_out: bool = False) -> dict[str, Any]:
+#: In-plane PSF (Gaussian sigma, mm) of clinical reconstruction kernels: a standard soft-tissue kernel has its 10 %
+#: MTF near 6.5 lp/cm, i.e. sigma = sqrt(ln 10 / 2) / (pi * 0.65 lp/mm) = 0.53 mm; sharper kernels reach 0.3 mm.
+#: FWHM 0.7-1.2 mm.
+CLINICAL_PSF_SIGMA_MM = (0.3, 0.5)
+#: A deliberately blurrier range (FWHM 1.2-2.1 mm, softer than clinical kernels) for stress tests.
+STRESS_PSF_SIGMA_MM = (0.5, 0.9)
+
+
+def random_phantom_params(seed: int, held_out: bool = False,
+                          psf_sigma_mm: tuple[float, float] = CLINICAL_PSF_SIGMA_MM) -> dict[str, Any]:
     """Keyword arguments for :func:`make_cac_phantom` drawn from the issue's held-out distribution.
 
-    Noise SD 20-30 HU, correlated (0.6-1.2 mm); PSF 0.5-0.9 mm; distractors always; slice spacing 1-3 mm
+    Noise SD 20-30 HU, correlated (0.6-1.2 mm); PSF sigma drawn from ``psf_sigma_mm`` (default
+    :data:`CLINICAL_PSF_SIGMA_MM`); distractors always; slice spacing 1-3 mm
     (thickness equal or up to 1.5x, overlapping); about 20 % without coronary calcium; about 8 % with a stent
     and 8 % contrast-enhanced. ``held_out`` checks that ``seed`` is in :data:`HELD_OUT_SEEDS` (else in
     :data:`TRAIN_SEEDS`), so the two sets can never be mixed up by accident.
@@ -767,7 +777,7 @@ def random_phantom_params(seed: int, held_out: bool = False) -> dict[str, Any]:
         "slice_thickness_mm": thickness,
         "noise_sd": float(rng.uniform(20.0, 30.0)),
         "noise_corr_mm": float(rng.uniform(0.6, 1.2)),
-        "blur_mm": float(rng.uniform(0.5, 0.9)),
+        "blur_mm": float(rng.uniform(*psf_sigma_mm)),
         "n_plaques": 0 if rng.random() < 0.2 else int(rng.integers(1, 7)),
         "distractors": True,
         "stent": bool(rng.random() < 0.08),
