@@ -41,8 +41,10 @@ METAL_BLOOM_VOXELS = 2
 #: mg hydroxyapatite per cm³ per HU; a typical 120 kVp value, used when no calibration phantom is scanned.
 DEFAULT_CALIBRATION_MG_CM3_PER_HU = 0.743
 
-#: How far around the heart the lesion search reaches (coronaries run on the heart's surface).
-HEART_MARGIN_MM = 5.0
+#: How far around the heart mask the lesion search reaches. Coronaries run on the heart's surface, but the classical
+#: heart mask falls short of the heart's base and of the aortic root (left main) by up to 9 mm on the phantoms; the
+#: lesion network was trained on regions 3-12 mm around the heart.
+HEART_MARGIN_MM = 10.0
 
 
 class CAC(FolderModel):
