@@ -33,3 +33,22 @@ def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None):
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+def pip_install_test_package(tmp_path_factory, folder: str) -> Path:
+    """Install ``tests/data/<folder>`` with pip into a site folder of its own (as a third party would); return it."""
+    import shutil
+    import subprocess
+    import sys
+
+    work = tmp_path_factory.mktemp(folder)
+    source = work / "src"
+    shutil.copytree(REPO / "tests" / "data" / folder, source, ignore=shutil.ignore_patterns("build", "*.egg-info"))
+    site = work / "site"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+         "--target", str(site), str(source)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return site

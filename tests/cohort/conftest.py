@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from medhub.synth.dicom_series import write_series
-from tests.conftest import REPO
+from tests.conftest import pip_install_test_package
 
 #: The 20-case cohort of the issue's "done when": which case carries which fault.
 CORRUPT, CRASH, SLEEP = 3, 7, 12
@@ -21,16 +18,7 @@ N_CASES = 20
 @pytest.fixture(scope="session")
 def faulty_site(tmp_path_factory) -> Path:
     """tests/data/faulty_plugin, really installed by pip into its own site folder (as a third party would)."""
-    work = tmp_path_factory.mktemp("faulty-plugin")
-    source = work / "src"
-    shutil.copytree(REPO / "tests" / "data" / "faulty_plugin", source)
-    site = work / "site"
-    proc = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-         "--target", str(site), str(source)],
-        capture_output=True, text=True, timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr
+    site = pip_install_test_package(tmp_path_factory, "faulty_plugin")
     return site
 
 

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -13,22 +10,13 @@ import pytest
 from medhub.errors import ModelError
 from medhub.hub.registry import available_models, get_model
 from medhub.synth.dicom_series import write_series
-from tests.conftest import REPO, run_cli
+from tests.conftest import pip_install_test_package, run_cli
 
 
 @pytest.fixture(scope="module")
 def plugin_site(tmp_path_factory):
     """The example plugin, really installed by pip into its own site folder."""
-    work = tmp_path_factory.mktemp("plugin")
-    source = work / "src"
-    shutil.copytree(REPO / "tests" / "data" / "plugin", source)
-    site = work / "site"
-    proc = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-         "--target", str(site), str(source)],
-        capture_output=True, text=True, timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr
+    site = pip_install_test_package(tmp_path_factory, "plugin")
     assert list(site.glob("medhub_bone_threshold-*.dist-info"))
     return site
 
