@@ -1,4 +1,4 @@
-"""The fast morphology helpers of the heart finder equal the scipy definitions they replace."""
+"""The fast morphology helpers (heart finder, medhub.masks) equal the scipy definitions they replace."""
 
 from __future__ import annotations
 
@@ -6,13 +6,12 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
+from medhub.masks import crop_box, dilate_ball
 from medhub.models.cac.heart import (
     _ball_open,
     _block_mean_fast,
     _fill_holes_3d,
     _upsample_smooth,
-    crop_box,
-    dilate_ball,
     heart_region,
 )
 

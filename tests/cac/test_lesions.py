@@ -36,7 +36,7 @@ MAPPED = CONVENTIONS["mapped_8_mm2"]
 
 
 def _dilate_mm(mask: np.ndarray, spacing: tuple[float, float, float], mm: float) -> np.ndarray:
-    from medhub.models.cac.train import dilate_mm
+    from medhub.masks import dilate_mm
 
     return dilate_mm(mask, spacing, mm)
 

@@ -69,6 +69,7 @@ from scipy import ndimage
 
 from medhub.errors import InputError
 from medhub.io.volume import Volume
+from medhub.masks import crop_box
 
 #: Weight bin edges above the threshold (HU): peaks >= 200, 300, 400 get weights 2, 3, 4.
 WEIGHT_EDGES_HU = (200.0, 300.0, 400.0)
@@ -267,16 +268,6 @@ def calibration_factor(rod_hu: float, rod_density_mg_cm3: float) -> float:
     return rod_density_mg_cm3 / rod_hu
 
 
-def _bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
-    """Bounding box of a 3D bool mask (``None`` if empty), by projections: much faster than ``find_objects``."""
-    zs = np.flatnonzero(mask.any(axis=(1, 2)))
-    if zs.size == 0:
-        return None
-    proj = np.logical_or.reduce(mask[zs[0]:zs[-1] + 1], axis=0)
-    ys, xs = np.flatnonzero(proj.any(axis=1)), np.flatnonzero(proj.any(axis=0))
-    return slice(zs[0], zs[-1] + 1), slice(ys[0], ys[-1] + 1), slice(xs[0], xs[-1] + 1)
-
-
 def _structure(connectivity: str) -> np.ndarray:
     if connectivity == "3d":
         return np.ones((3, 3, 3), dtype=bool)
@@ -367,7 +358,7 @@ def score_calcium(
         region = np.isin(mask, np.asarray(labels)) if labels is not None else mask != 0
     # only the region's bounding box matters: work there (raster order, and so lesion numbering, is the same)
     full_shape, offset = hu.shape, (0, 0, 0)
-    box = _bounding_box(region)
+    box = crop_box(region, (0, 0, 0))
     if box is not None and mask is not None:
         offset = tuple(b.start for b in box)
         hu, region, mask = hu[box], region[box], mask[box]

@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
+from medhub.masks import crop_box
 from medhub.synth.chest import HU, ChestGeometry, Grid, diaphragm_height
 
 #: Seeds for training data. Never overlaps :data:`HELD_OUT_SEEDS`.
@@ -1336,21 +1337,10 @@ def place_calcium(hu: np.ndarray, grid: OffsetGrid, m: Mediastinum, rng: np.rand
     return placer.calcs, coronary_region, stent_mask
 
 
-def bbox(mask: np.ndarray) -> tuple[slice, slice, slice] | None:
-    """Bounding box of a 3D mask as index slices, or ``None`` when it is empty."""
-    ks = np.flatnonzero(mask.any(axis=(1, 2)))
-    if len(ks) == 0:
-        return None
-    sub = mask[ks[0]:ks[-1] + 1]
-    rs = np.flatnonzero(sub.any(axis=(0, 2)))
-    cs = np.flatnonzero(sub.any(axis=(0, 1)))
-    return slice(ks[0], ks[-1] + 1), slice(rs[0], rs[-1] + 1), slice(cs[0], cs[-1] + 1)
-
-
 def dilate_local(mask: np.ndarray, iterations: int) -> np.ndarray:
     """3D binary dilation (26-neighbourhood) computed on the mask's bounding box only."""
     out = np.zeros_like(mask)
-    box = bbox(mask)
+    box = crop_box(mask, (0, 0, 0))
     if box is None:
         return out
     grown = tuple(slice(max(0, b.start - iterations), min(n, b.stop + iterations))

@@ -49,7 +49,7 @@ import torch
 from scipy import ndimage as ndi
 
 from medhub.learn.unet3d import UNet3D, UNet3DConfig
-from medhub.models.cac.heart import crop_box, dilate_ball
+from medhub.masks import crop_box, dilate_ball
 
 #: Candidate threshold (HU): only voxels at or above it can be coronary calcium (Agatston's threshold).
 CANDIDATE_HU = 130.0

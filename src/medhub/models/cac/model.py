@@ -23,7 +23,8 @@ from medhub.cac.scoring import ScoringConvention, score_calcium
 from medhub.errors import InputError
 from medhub.hub.model import FolderModel, Prediction
 from medhub.io.volume import Volume
-from medhub.models.cac.heart import crop_box, heart_region, segment_heart
+from medhub.masks import crop_box
+from medhub.models.cac.heart import heart_region, segment_heart
 from medhub.models.cac.lesions import drop_lung_contact, half_maximum_footprint, segment_calcium
 
 HEART_LABEL, CALCIUM_LABEL = 1, 2

@@ -32,6 +32,7 @@ from scipy import ndimage as ndi
 
 from medhub.hub.card import sha256_file
 from medhub.learn.unet3d import UNet3D, UNet3DConfig
+from medhub.masks import dilate_mm
 from medhub.models.cac.lesions import (
     CANDIDATE_HU,
     DEFAULT_NET,
@@ -104,21 +105,6 @@ def _ball(radius_vox: float) -> np.ndarray:
     r = math.ceil(radius_vox)
     z, y, x = np.mgrid[-r:r + 1, -r:r + 1, -r:r + 1]
     return (z * z + y * y + x * x) <= radius_vox * radius_vox + 1e-6
-
-
-def dilate_mm(mask: np.ndarray, spacing_mm: tuple[float, float, float], margin_mm: float) -> np.ndarray:
-    """Dilate ``mask`` by ``margin_mm`` (Euclidean, anisotropic spacing), computed on the mask's bounding box."""
-    nz = np.nonzero(mask)
-    if not len(nz[0]):
-        return mask.copy()
-    pad = [math.ceil(margin_mm / s) + 1 for s in spacing_mm]
-    lo = [max(0, int(a.min()) - p) for a, p in zip(nz, pad, strict=True)]
-    hi = [min(n, int(a.max()) + 1 + p) for a, p, n in zip(nz, pad, mask.shape, strict=True)]
-    sl = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
-    dist = ndi.distance_transform_edt(~mask[sl], sampling=spacing_mm)
-    out = np.zeros(mask.shape, bool)
-    out[sl] = dist <= margin_mm
-    return out
 
 
 def prepare_case(seed: int, rng: np.random.Generator | None = None, params: dict[str, Any] | None = None,
