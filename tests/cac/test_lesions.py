@@ -190,3 +190,22 @@ def test_train_command_is_a_typer_command() -> None:
     assert result.exit_code == 0
     for option in ("--out", "--epochs", "--n-train", "--seed"):
         assert option in result.output
+
+
+def test_hard_negative_patches_centre_on_non_coronary_calcium() -> None:
+    from medhub.models.cac.train import Case, sample_batch
+
+    shape = (64, 64, 64)
+    hu = np.zeros(shape, np.int16)
+    hu[50, 50, 50] = 600  # the one non-coronary calcification; positives and other negatives lie far from it
+    far = np.array([[8, 8, 8]])
+    case = Case(seed=0, hu=hu, target=np.zeros(shape, bool), weight=np.ones(shape, np.float16),
+                dice_mask=np.zeros(shape, bool), positives=far, negatives=far, distractors=np.array([[50, 50, 50]]),
+                region=far, info={})
+    calcium_window = 1  # channel of clip(HU - 130, 0, 800) / 400
+
+    def hits(hard: float) -> int:
+        x, *_ = sample_batch([case], np.random.default_rng(0), batch=16, patch=16, hard_negatives=hard)
+        return int((x[:, calcium_window].amax(dim=(1, 2, 3)) > 0).sum())
+
+    assert hits(0.9) >= 10 and hits(0.0) == 0

@@ -12,7 +12,7 @@ from scipy import ndimage as ndi
 
 from medhub.errors import InputError
 from medhub.io.volume import Volume
-from medhub.models.cac.lesions import drop_lung_contact, half_maximum_footprint
+from medhub.models.cac.lesions import drop_lung_contact, drop_noise_like, half_maximum_footprint, soft_tissue_noise
 from medhub.models.cac.model import CAC, METAL_HU, find_metal, is_part_of_bone
 from medhub.synth.cac_phantom import make_cac_phantom
 from tests.conftest import SHARED_DATA, run_cli
@@ -110,6 +110,27 @@ def test_lung_contact_drops_pulmonary_calcium_only() -> None:
     kept, dropped = drop_lung_contact(hu, lesions, (3.0, 0.7, 0.7))
     assert kept[2, 14, 10] and not kept[2, 14, 31]
     assert len(dropped) == 1 and dropped[0]["lung_fraction"] > 0.2
+
+
+def test_noise_specks_are_dropped_plaques_are_kept() -> None:
+    rng = np.random.default_rng(0)
+    spacing = (1.0, 0.7, 0.7)
+    hu = (40.0 + 25.0 * rng.standard_normal((6, 60, 60))).astype(np.float32)  # blood and myocardium, noise SD 25
+    heart = np.ones(hu.shape, bool)
+    tissue_hu, noise_sd = soft_tissue_noise(hu, heart)
+    assert abs(tissue_hu - 40.0) < 2.0 and abs(noise_sd - 25.0) < 2.0
+    lesions = np.zeros(hu.shape, bool)
+    lesions[1, 10, 10:12] = True  # 1 mm², 135 HU: noise explains it
+    lesions[3, 10, 40:42] = True  # 1 mm², 600 HU: too bright for noise
+    lesions[5, 40:44, 20:24] = True  # 7.8 mm², 150 HU: too big for a speck
+    hu[lesions] = 135.0
+    hu[3, 10, 40:42] = 600.0
+    hu[5, 40:44, 20:24] = 150.0
+    kept, dropped = drop_noise_like(hu, lesions, spacing, tissue_hu, noise_sd)
+    assert not kept[1].any() and kept[3, 10, 40] and kept[5, 41, 21]
+    assert [(d["reason"], d["first_slice"], d["voxels"]) for d in dropped] == [("noise-like", 1, 2)]
+    # without a noise estimate nothing is dropped
+    assert drop_noise_like(hu, lesions, spacing, float("nan"), float("nan"))[0].sum() == lesions.sum()
 
 
 def test_metal_versus_bone() -> None:

@@ -219,6 +219,9 @@ def train_command(
     time_limit: Annotated[float | None, typer.Option("--time-limit", min=1, help="Stop after the epoch that "
                                                      "passes this many seconds.")] = None,
     notes: Annotated[str | None, typer.Option("--notes", help="Free text kept in the weights' sidecar.")] = None,
+    hard_negatives: Annotated[float, typer.Option("--hard-negatives", min=0.0, max=0.9,
+                                                  help="Share of patches centred on non-coronary calcium "
+                                                       "(valve, aorta, stent).")] = 0.0,
 ) -> None:
     """Train the coronary-calcium lesion network on synthetic phantoms (training seeds only)."""
     # Imported here so that other medhub commands start without loading torch.
@@ -226,6 +229,7 @@ def train_command(
     from medhub.models.cac.train import train
 
     side = train(out, n_train=n_train, epochs=epochs, seed=seed, steps_per_epoch=steps_per_epoch, threads=threads,
-                 first_seed=first_seed, init_from=init_from, time_limit_s=time_limit, notes=notes)
+                 first_seed=first_seed, init_from=init_from, time_limit_s=time_limit, notes=notes,
+                 hard_negatives=hard_negatives)
     Console().print(f"wrote {Path(out).resolve()} (sha256 {side['sha256']}, {side['size_bytes']} bytes) "
                     f"and {sidecar_path(Path(out)).resolve()}")

@@ -28,6 +28,13 @@ Pipeline of :func:`segment_calcium`, stated once:
    On the generated phantoms no coronary plaque has more than 5 % lung around it; the false lesion on LIDC 0187 has
    31 %.
 
+7. **Noise specks** (:func:`drop_noise_like`). A lesion under 3 mm² (largest slice) whose peak is less than 4
+   noise SDs above the heart's soft tissue is dropped and listed: correlated noise of 20-30 HU makes such specks
+   in any heart, and one is enough to turn a zero score into a non-zero one. The noise SD is measured on the
+   scan itself (:func:`soft_tissue_noise`). Chosen on validation phantoms (seeds 5000-5079, never trained on):
+   zero-when-none 8/11 -> 9/11, category 66 -> 67 of 74, within tolerance unchanged; any threshold from 3.5 to
+   4.5 SDs and 2 to 8 mm² gave the same within-tolerance count.
+
 Everything is deterministic: fixed thread count during inference, deterministic algorithms, no randomness.
 
 The shipped weights were trained on synthetic phantoms only (:mod:`medhub.synth.cac_phantom`) with
@@ -38,7 +45,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -282,6 +289,35 @@ def half_maximum_footprint(hu: np.ndarray, lesions: np.ndarray, min_hu: float = 
     return out
 
 
+def _drop_lesions(hu: np.ndarray, lesions: np.ndarray, pad: Sequence[int],
+                  verdict: Callable[[np.ndarray, np.ndarray], dict[str, Any] | None]
+                  ) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """Remove each 26-connected lesion for which ``verdict(lesion, hu_box)`` returns a record (a dict with at least
+    ``"reason"``); ``lesion`` is the lesion's bool mask on ``hu_box``, its bounding box grown by ``pad`` voxels.
+    Returns the kept mask and the records, completed with slice range, centroid index and voxel count."""
+    out = np.asarray(lesions, bool).copy()
+    within = crop_box(out, tuple(pad))  # work on the lesions' box, not the whole scan
+    if within is None:
+        return out, []
+    offset = [b.start for b in within]
+    hu_in, out_in = np.asarray(hu)[within], out[within]
+    lab, _ = ndi.label(out_in, structure=np.ones((3, 3, 3), bool))
+    dropped = []
+    for index, box in enumerate(ndi.find_objects(lab), start=1):
+        if box is None:
+            continue
+        box = tuple(slice(max(b.start - p, 0), b.stop + p) for b, p in zip(box, pad, strict=True))
+        lesion = lab[box] == index
+        record = verdict(lesion, hu_in[box])
+        if record is None:
+            continue
+        out_in[box] &= ~lesion
+        idx = np.argwhere(lesion) + [b.start + o for b, o in zip(box, offset, strict=True)]
+        dropped.append({**record, "first_slice": int(idx[:, 0].min()), "last_slice": int(idx[:, 0].max()),
+                        "centroid_index": [round(float(v), 1) for v in idx.mean(axis=0)], "voxels": len(idx)})
+    return out, dropped
+
+
 #: Lung HU, the surroundings (mm) examined and the share of lung that makes a lesion pulmonary.
 LUNG_HU, LUNG_CONTACT_MM, MAX_LUNG_CONTACT = -400.0, 3.0, 0.2
 
@@ -291,31 +327,63 @@ def drop_lung_contact(hu: np.ndarray, lesions: np.ndarray, spacing_mm: Sequence[
     """Remove lesions with lung (< :data:`LUNG_HU`) on more than ``max_fraction`` of their
     :data:`LUNG_CONTACT_MM` surroundings. Returns the kept mask and one record per dropped lesion (slice range,
     centroid index, voxels, lung fraction)."""
-    hu = np.asarray(hu)
-    out = np.asarray(lesions, bool).copy()
-    pad = tuple(int(np.ceil(LUNG_CONTACT_MM / s)) + 1 for s in spacing_mm)
-    within = crop_box(out, pad)  # work on the lesions' box, not the whole scan
-    if within is None:
-        return out, []
-    offset = [b.start for b in within]
-    hu_in, out_in = hu[within], out[within]
-    lab, _ = ndi.label(out_in, structure=np.ones((3, 3, 3), bool))
-    dropped = []
-    for index, box in enumerate(ndi.find_objects(lab), start=1):
-        if box is None:
-            continue
-        box = tuple(slice(max(b.start - p, 0), b.stop + p) for b, p in zip(box, pad, strict=True))
-        lesion = lab[box] == index
+
+    def verdict(lesion: np.ndarray, hu_box: np.ndarray) -> dict[str, Any] | None:
         ring = dilate_ball(lesion, spacing_mm, LUNG_CONTACT_MM) & ~lesion
-        fraction = float((hu_in[box][ring] < LUNG_HU).mean()) if ring.any() else 0.0
-        if fraction > max_fraction:
-            out_in[box] &= ~lesion
-            idx = np.argwhere(lesion) + [b.start + o for b, o in zip(box, offset, strict=True)]
-            dropped.append({"reason": "lung contact", "lung_fraction": round(fraction, 3),
-                            "first_slice": int(idx[:, 0].min()), "last_slice": int(idx[:, 0].max()),
-                            "centroid_index": [round(float(v), 1) for v in idx.mean(axis=0)],
-                            "voxels": len(idx)})
-    return out, dropped
+        fraction = float((hu_box[ring] < LUNG_HU).mean()) if ring.any() else 0.0
+        if fraction <= max_fraction:
+            return None
+        return {"reason": "lung contact", "lung_fraction": round(fraction, 3)}
+
+    pad = tuple(int(np.ceil(LUNG_CONTACT_MM / s)) + 1 for s in spacing_mm)
+    return _drop_lesions(hu, lesions, pad, verdict)
+
+
+#: Soft tissue (HU) whose spread measures the noise: blood and myocardium, without fat and calcium.
+SOFT_TISSUE_HU = (-30.0, 130.0)
+#: A lesion whose largest slice is under this area (mm²) ...
+NOISE_MAX_AREA_MM2 = 3.0
+#: ... and whose peak is under this many noise SDs above soft tissue cannot be told apart from noise.
+NOISE_PEAK_SD = 4.0
+
+
+def soft_tissue_noise(hu: np.ndarray, heart_mask: np.ndarray) -> tuple[float, float]:
+    """Median HU and noise SD (HU, 1.4826 × median absolute deviation) of the heart's soft tissue: the voxels of
+    ``heart_mask`` within :data:`SOFT_TISSUE_HU`. Blood and myocardium are both 30-50 HU without contrast, so
+    their spread is the image noise. ``(nan, nan)`` when there is no such voxel."""
+    box = crop_box(np.asarray(heart_mask, bool), (0, 0, 0))
+    if box is None:
+        return float("nan"), float("nan")
+    values = np.asarray(hu)[box][np.asarray(heart_mask)[box]]
+    values = values[(values > SOFT_TISSUE_HU[0]) & (values < SOFT_TISSUE_HU[1])].astype(np.float32)
+    if not values.size:
+        return float("nan"), float("nan")
+    median = float(np.median(values))
+    return median, 1.4826 * float(np.median(np.abs(values - median)))
+
+
+def drop_noise_like(hu: np.ndarray, lesions: np.ndarray, spacing_mm: Sequence[float], tissue_hu: float,
+                    noise_sd: float, max_area_mm2: float = NOISE_MAX_AREA_MM2, peak_sd: float = NOISE_PEAK_SD
+                    ) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """Remove lesions that noise alone explains: largest slice under ``max_area_mm2`` and peak under
+    ``tissue_hu + peak_sd * noise_sd``. With 20-30 HU of correlated noise the heart region holds specks of
+    130-165 HU over a few voxels; a real plaque that small and that faint adds at most a few Agatston points, so
+    dropping it costs little, while keeping a noise speck turns a zero score into a non-zero one.
+    Returns the kept mask and one record per dropped lesion. Nothing is dropped when ``noise_sd`` is not finite."""
+    if not np.isfinite(noise_sd) or not np.isfinite(tissue_hu):
+        return np.asarray(lesions, bool).copy(), []
+    pixel_mm2 = float(spacing_mm[1]) * float(spacing_mm[2])
+    level = tissue_hu + peak_sd * noise_sd
+
+    def verdict(lesion: np.ndarray, hu_box: np.ndarray) -> dict[str, Any] | None:
+        area = float(lesion.sum(axis=(1, 2)).max()) * pixel_mm2
+        peak = float(hu_box[lesion].max())
+        if area >= max_area_mm2 or peak >= level:
+            return None
+        return {"reason": "noise-like", "peak_hu": peak, "area_mm2": round(area, 2),
+                "noise_level_hu": round(level, 1)}
+
+    return _drop_lesions(hu, lesions, (0, 0, 0), verdict)
 
 
 # ------------------------------------------------------------------------------------------- inference

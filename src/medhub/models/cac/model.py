@@ -7,7 +7,8 @@ Pipeline on a :class:`~medhub.io.volume.Volume` (HU, LPS):
 2. contrast check: a median blood pool above :data:`CONTRAST_BLOOD_POOL_HU` is refused;
 3. metal (stents, wires, valves) inside the heart region is flagged, listed and masked out;
 4. coronary calcium inside the dilated heart region by the 3D U-Net (:mod:`.lesions`), each lesion cut at its
-   half-maximum HU to undo the PSF's spread of dense calcium; lesions touching lung are dropped (pulmonary);
+   half-maximum HU to undo the PSF's spread of dense calcium; lesions touching lung are dropped (pulmonary), and so
+   are specks that noise alone explains (under 3 mm² and under 4 noise SDs above the heart's soft tissue);
 5. scores with :func:`medhub.cac.scoring.score_calcium` in the "mapped" convention (lesion mask ∩ >= 130 HU,
    2D 8-connected lesions, minimum area 1 mm², Δz = real slice spacing).
 """
@@ -25,7 +26,13 @@ from medhub.hub.model import FolderModel, Prediction
 from medhub.io.volume import Volume
 from medhub.masks import crop_box
 from medhub.models.cac.heart import heart_region, segment_heart
-from medhub.models.cac.lesions import drop_lung_contact, half_maximum_footprint, segment_calcium
+from medhub.models.cac.lesions import (
+    drop_lung_contact,
+    drop_noise_like,
+    half_maximum_footprint,
+    segment_calcium,
+    soft_tissue_noise,
+)
 
 HEART_LABEL, CALCIUM_LABEL = 1, 2
 
@@ -74,6 +81,9 @@ class CAC(FolderModel):
                             f"slices {item['first_slice']}-{item['last_slice']}: excluded from the score")
         lesions = half_maximum_footprint(hu, segment_calcium(hu, spacing, region & ~metal_mask, self.weights_path))
         lesions, dropped = drop_lung_contact(hu, lesions, spacing)
+        tissue_hu, noise_sd = soft_tissue_noise(hu, heart.mask)
+        lesions, noise_like = drop_noise_like(hu, lesions, spacing, tissue_hu, noise_sd)
+        dropped += noise_like
         score = score_calcium(hu, spacing, lesions, self.convention, affine=volume.affine,
                               calibration_factor=DEFAULT_CALIBRATION_MG_CM3_PER_HU,
                               nominal_slice_thickness_mm=volume.meta.get("nominal_slice_thickness_mm"))
@@ -94,7 +104,9 @@ class CAC(FolderModel):
         return Prediction(
             labels=labels, values=values, warnings=warnings,
             extra={"score": score.to_dict(), "metal": metal, "dropped_lesions": dropped,
-                   "heart": {"coverage": heart.coverage, "blood_pool_hu": heart.blood_pool_hu, **heart.info}},
+                   "heart": {"coverage": heart.coverage, "blood_pool_hu": heart.blood_pool_hu,
+                             "soft_tissue_hu": round(tissue_hu, 1), "noise_sd_hu": round(noise_sd, 1),
+                             **heart.info}},
         )
 
 

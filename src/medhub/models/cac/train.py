@@ -61,6 +61,7 @@ class Case:
     dice_mask: np.ndarray  # bool: candidate neighbourhood
     positives: np.ndarray  # (N, 3) target voxel indices
     negatives: np.ndarray  # (M, 3) negative candidate indices
+    distractors: np.ndarray  # (D, 3) negative candidates on non-coronary calcium or metal (valve, aorta, stent)
     region: np.ndarray  # (K, 3) heart-region voxel indices (subsampled)
     info: dict[str, Any]
 
@@ -159,7 +160,9 @@ def prepare_case(seed: int, rng: np.random.Generator | None = None, params: dict
     weight = np.full(hu_w.shape, 0.05, np.float16)
     weight[near] = 1.0
     positives = np.argwhere(target)
-    negatives = np.argwhere(cand & ~ndi.binary_dilation(target, _ball(1.0)))
+    negatives = cand & ~ndi.binary_dilation(target, _ball(1.0))
+    distractors = np.argwhere(negatives & (other > 0.3))
+    negatives = np.argwhere(negatives)
     region_idx = np.argwhere(region_w)
     if len(region_idx) > 4000:
         region_idx = region_idx[rng.choice(len(region_idx), 4000, replace=False)]
@@ -167,7 +170,8 @@ def prepare_case(seed: int, rng: np.random.Generator | None = None, params: dict
             "to_3mm": bool(to_3mm), "region_margin_mm": margin, "work_shape": list(hu_w.shape),
             "n_positive": len(positives), "n_negative": len(negatives)}
     return Case(seed=int(seed), hu=np.rint(hu_w).astype(np.int16), target=target, weight=weight,
-                dice_mask=near, positives=positives, negatives=negatives, region=region_idx, info=info)
+                dice_mask=near, positives=positives, negatives=negatives, distractors=distractors,
+                region=region_idx, info=info)
 
 
 def _crop(array: np.ndarray, centre: np.ndarray, size: int, fill: float) -> np.ndarray:
@@ -179,19 +183,32 @@ def _crop(array: np.ndarray, centre: np.ndarray, size: int, fill: float) -> np.n
     return out
 
 
-def sample_batch(cases: list[Case], rng: np.random.Generator, batch: int, patch: int = PATCH
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A batch of patches: inputs ``(B, 2, P, P, P)``, target, weight, Dice mask ``(B, 1, P, P, P)``."""
+def sample_batch(cases: list[Case], rng: np.random.Generator, batch: int, patch: int = PATCH,
+                 hard_negatives: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A batch of patches: inputs ``(B, 2, P, P, P)``, target, weight, Dice mask ``(B, 1, P, P, P)``.
+
+    Patches centre on a positive voxel (45 %), a negative candidate (40 %) or anywhere in the heart region (15 %).
+    With ``hard_negatives`` > 0 that share of patches first goes to non-coronary calcium (valve, annulus, aortic
+    wall, stent) when the case has some: among all negative candidates bone dominates, so these are rarely drawn.
+    """
     xs, ts, ws, ds = [], [], [], []
     for _ in range(batch):
         case = cases[int(rng.integers(len(cases)))]
         u = rng.random()
-        if u < 0.45 and len(case.positives):
-            pool = case.positives
-        elif u < 0.85 and len(case.negatives):
-            pool = case.negatives
+        pool = None
+        if u < hard_negatives:
+            if len(case.distractors):
+                pool = case.distractors
+            u = u / hard_negatives
         else:
-            pool = case.region
+            u = (u - hard_negatives) / (1.0 - hard_negatives)  # the same draw as without hard negatives when 0
+        if pool is None:
+            if u < 0.45 and len(case.positives):
+                pool = case.positives
+            elif u < 0.85 and len(case.negatives):
+                pool = case.negatives
+            else:
+                pool = case.region
         centre = pool[int(rng.integers(len(pool)))] + rng.integers(-patch // 4, patch // 4 + 1, 3)
         hu = _crop(case.hu, centre, patch, -1000).astype(np.float32)
         hu = hu * float(rng.uniform(0.96, 1.04)) + float(rng.uniform(-8.0, 8.0))
@@ -221,7 +238,7 @@ def train(out_path: Path, *, n_train: int = 96, epochs: int = 30, seed: int = 0,
           batch: int = 4, patch: int = PATCH, lr: float = 2e-3, threads: int = 2, first_seed: int = 0,
           net_config: UNet3DConfig = DEFAULT_NET, progress: bool = True, time_limit_s: float | None = None,
           log: Any = None, checkpoint: bool = False, phantom_overrides: dict[str, Any] | None = None,
-          init_from: Path | None = None, notes: str | None = None) -> dict[str, Any]:
+          init_from: Path | None = None, notes: str | None = None, hard_negatives: float = 0.0) -> dict[str, Any]:
     """Train the lesion network and write ``out_path`` (state dict) plus its JSON sidecar.
 
     Parameters
@@ -248,6 +265,8 @@ def train(out_path: Path, *, n_train: int = 96, epochs: int = 30, seed: int = 0,
         Start from these weights (a state dict of the same configuration) instead of a random initialisation.
     notes:
         Free text stored in the sidecar (e.g. how earlier stages of a warm-started training ran).
+    hard_negatives:
+        Share of patches centred on non-coronary calcium (see :func:`sample_batch`); 0 keeps the original sampling.
 
     The learning rate follows a cosine decay from ``lr`` to 5 % of it over the training's progress, measured as
     the larger of the fraction of steps done and, with ``time_limit_s``, the fraction of the time used.
@@ -297,7 +316,7 @@ def train(out_path: Path, *, n_train: int = 96, epochs: int = 30, seed: int = 0,
                 for group in opt.param_groups:
                     group["lr"] = lr * (0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress_frac))))
                 step += 1
-                x, tgt, w, dm = sample_batch(cases, rng, batch, patch)
+                x, tgt, w, dm = sample_batch(cases, rng, batch, patch, hard_negatives)
                 loss, b, d = loss_fn(net(x), tgt, w, dm)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -335,7 +354,7 @@ def train(out_path: Path, *, n_train: int = 96, epochs: int = 30, seed: int = 0,
             "batch": batch, "patch": patch, "lr": lr, "optimizer": "AdamW(wd=1e-4), cosine decay to 5%",
             "loss": "weighted BCE + soft Dice over the candidate neighbourhood", "seed": seed, "threads": threads,
             "init_from": None if init_from is None else Path(init_from).name, "notes": notes,
-            "time_limit_s": time_limit_s,
+            "time_limit_s": time_limit_s, "hard_negatives": hard_negatives,
             "distribution": "noise SD 0-35 HU correlated 0.5-1.5 mm, blur 0-1 mm, slice spacing 1-3.5 mm, "
                             "in-plane 0.6-1.1 mm, 25% re-sampled to 3 mm isotropic, distractors 90%, stents 15%, "
                             "edge cases 15%, 20% without coronary calcium, no contrast",
