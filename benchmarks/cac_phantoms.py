@@ -128,6 +128,10 @@ def main() -> None:
     for name, s in (("medhub cac", ours), ("naive ROI threshold", naive), ("ceiling: true mask", perfect)):
         print(f"{name:20s} within ±10%/±5: {s['within_tolerance']:.0%}  category: {s['category_equal']:.0%}  "
               f"zero when none: {s['zero_when_no_calcium']:.0%} (of {s['n_no_calcium']})  n={s['n']}")
+    vs_ceiling = [r for r in rows if not r["contrast"] and r["agatston"] is not None]
+    print(f"medhub cac vs the true-mask score on the same image (segmentation alone): within ±10%/±5: "
+          f"{np.mean([within_tolerance(r['agatston'], r['truth_mask_agatston']) for r in vs_ceiling]):.0%}  "
+          f"category: {np.mean([r['category'] == r['truth_mask_category'] for r in vs_ceiling]):.0%}")
     print(f"contrast scans refused: {sum(r['refusal'] == 'contrast' for r in contrast)}/{len(contrast)}; "
           f"stents flagged: {sum(r['metal_flagged'] for r in stents)}/{len(stents)}")
     if naive["within_tolerance"] > 0:
