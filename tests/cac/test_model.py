@@ -100,6 +100,20 @@ def test_half_maximum_footprint_never_goes_below_130_hu() -> None:
     assert np.array_equal(cut, above)
 
 
+def test_half_maximum_footprint_cuts_each_slice_at_its_own_peak() -> None:
+    # two plaques four slices apart, joined through the slices between by a thin bridge in the lesion mask
+    hu = np.full((7, 20, 20), 40.0, np.float32)
+    lesions = np.zeros(hu.shape, bool)
+    lesions[1, 5:9, 5:9] = True
+    hu[1, 5:9, 5:9] = 380.0
+    lesions[5, 5:9, 5:9] = True
+    hu[5, 5:9, 5:9] = 880.0
+    lesions[1:6, 7, 8] = True  # bridge (soft tissue, but inside the network's mask)
+    cut = half_maximum_footprint(hu, lesions)
+    # a level from the joint 880 HU peak (460 HU) would remove the 380 HU plaque whole
+    assert cut[1].sum() == 16 and cut[5].sum() == 16 and not cut[2:5].any()
+
+
 def test_lung_contact_drops_pulmonary_calcium_only() -> None:
     hu = np.full((5, 30, 60), -100.0, np.float32)  # epicardial fat
     hu[:, :, 30:] = -850.0  # lung on the right half
