@@ -209,3 +209,17 @@ def test_hard_negative_patches_centre_on_non_coronary_calcium() -> None:
         return int((x[:, calcium_window].amax(dim=(1, 2, 3)) > 0).sum())
 
     assert hits(0.9) >= 10 and hits(0.0) == 0
+
+
+def test_lesions_outside_the_heart_need_a_confident_network() -> None:
+    from medhub.models.cac.lesions import OUTSIDE_HEART_THRESHOLD, decide_components
+
+    candidates = np.zeros((3, 12, 12), bool)
+    candidates[1, 2:4, 2:4] = True  # lesion A
+    candidates[1, 8:10, 8:10] = True  # lesion B
+    prob = np.where(np.argwhere(candidates)[:, 1] < 6, 0.6, 0.95)  # A unsure (0.6), B confident (0.95)
+    assert 0.6 < OUTSIDE_HEART_THRESHOLD < 0.95
+    inside = decide_components(candidates, prob, 0.5, outside_heart=np.zeros(8, bool))
+    outside = decide_components(candidates, prob, 0.5, outside_heart=np.ones(8, bool))
+    assert inside.sum() == 8  # inside the heart both pass the plain threshold
+    assert outside.sum() == 4 and outside[1, 8, 8] and not outside[1, 2, 2]

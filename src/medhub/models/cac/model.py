@@ -79,7 +79,8 @@ class CAC(FolderModel):
         for item in metal:
             warnings.append(f"metal (stent?) of {item['volume_mm3']:.0f} mm³, peak {item['peak_hu']:.0f} HU at "
                             f"slices {item['first_slice']}-{item['last_slice']}: excluded from the score")
-        lesions = half_maximum_footprint(hu, segment_calcium(hu, spacing, region & ~metal_mask, self.weights_path))
+        lesions = half_maximum_footprint(hu, segment_calcium(hu, spacing, region & ~metal_mask, self.weights_path,
+                                                          heart_mask=heart.mask))
         lesions, dropped = drop_lung_contact(hu, lesions, spacing)
         tissue_hu, noise_sd = soft_tissue_noise(hu, heart.mask)
         lesions, noise_like = drop_noise_like(hu, lesions, spacing, tissue_hu, noise_sd)
