@@ -15,6 +15,8 @@ Pipeline of :func:`segment_calcium`, stated once:
    input grid. Candidates are grouped into 26-connected components: a component whose mean probability is
    ``>= threshold`` is kept whole (so the whole ``>= 130 HU`` part of a plaque is covered), otherwise only its
    voxels with probability ``>= threshold`` are kept.
+   A kept lesion lying mostly outside the heart mask proper (in the margin around it, where the aortic wall, the
+   valve rings and bone lie too) must reach a mean probability of :data:`OUTSIDE_HEART_THRESHOLD`.
 
 5. **Partial-volume footprint** (:func:`half_maximum_footprint`). The PSF spreads a dense plaque's HU beyond its
    edge: around a 800 HU plaque the image stays above 130 HU for about half a PSF width outside it, so scoring every
