@@ -6,9 +6,10 @@ Pipeline on a :class:`~medhub.io.volume.Volume` (HU, LPS):
    field of view is a refusal ("heart not found"), never a score of 0;
 2. contrast check: a median blood pool above :data:`CONTRAST_BLOOD_POOL_HU` is refused;
 3. metal (stents, wires, valves) inside the heart region is flagged, listed and masked out;
-4. coronary calcium inside the dilated heart region by the 3D U-Net (:mod:`.lesions`), each lesion cut at its
-   half-maximum HU to undo the PSF's spread of dense calcium; lesions touching lung are dropped (pulmonary), and so
-   are specks that noise alone explains (under 3 mm² and under 4 noise SDs above the heart's soft tissue);
+4. coronary calcium inside the dilated heart region by the 3D U-Net (:mod:`.lesions`; a lesion mostly outside the
+   heart mask itself needs a confident network), each lesion cut slice by slice at its half-maximum HU to undo the
+   PSF's spread of dense calcium; lesions touching lung are dropped (pulmonary), and so are specks that noise
+   alone explains (under 3 mm² and under 4 noise SDs above the heart's soft tissue);
 5. scores with :func:`medhub.cac.scoring.score_calcium` in the "mapped" convention (lesion mask ∩ >= 130 HU,
    2D 8-connected lesions, minimum area 1 mm², Δz = real slice spacing).
 """
@@ -106,7 +107,8 @@ class CAC(FolderModel):
             labels=labels, values=values, warnings=warnings,
             extra={"score": score.to_dict(), "metal": metal, "dropped_lesions": dropped,
                    "heart": {"coverage": heart.coverage, "blood_pool_hu": heart.blood_pool_hu,
-                             "soft_tissue_hu": round(tissue_hu, 1), "noise_sd_hu": round(noise_sd, 1),
+                             "soft_tissue_hu": round(tissue_hu, 1) if np.isfinite(tissue_hu) else None,
+                             "noise_sd_hu": round(noise_sd, 1) if np.isfinite(noise_sd) else None,
                              **heart.info}},
         )
 
