@@ -34,7 +34,7 @@ Pipeline of :func:`segment_calcium`, stated once:
    noise SDs above the heart's soft tissue is dropped and listed: correlated noise of 20-30 HU makes such specks
    in any heart, and one is enough to turn a zero score into a non-zero one. The noise SD is measured on the
    scan itself (:func:`soft_tissue_noise`). Chosen on validation phantoms (seeds 5000-5079, never trained on):
-   zero-when-none 8/11 -> 9/11, category 66 -> 67 of 74, within tolerance unchanged; any threshold from 3.5 to
+   zero-when-none 8/11 -> 9/11, category 66 -> 68 of 74, within tolerance unchanged; any threshold from 3.5 to
    4.5 SDs and 2 to 8 mm² gave the same within-tolerance count.
 
 Everything is deterministic: fixed thread count during inference, deterministic algorithms, no randomness.
