@@ -262,6 +262,7 @@ def predict_probability(net: UNet3D, channels: np.ndarray, max_voxels: int = MAX
 #: In-plane rings (voxels) around a lesion where its local background is measured: from 2 to 4 voxels out.
 BACKGROUND_RING_VOXELS = (2, 4)
 _INPLANE_8 = np.ones((3, 3), bool)
+_CONNECTED_26 = np.ones((3, 3, 3), bool)
 
 
 def half_maximum_footprint(hu: np.ndarray, lesions: np.ndarray, min_hu: float = CANDIDATE_HU) -> np.ndarray:
@@ -316,7 +317,7 @@ def _drop_lesions(hu: np.ndarray, lesions: np.ndarray, pad: Sequence[int],
         return out, []
     offset = [b.start for b in within]
     hu_in, out_in = np.asarray(hu)[within], out[within]
-    lab, _ = ndi.label(out_in, structure=np.ones((3, 3, 3), bool))
+    lab, _ = ndi.label(out_in, structure=_CONNECTED_26)
     dropped = []
     for index, box in enumerate(ndi.find_objects(lab), start=1):
         if box is None:
@@ -407,6 +408,12 @@ def candidate_mask(hu: np.ndarray, heart_region: np.ndarray) -> np.ndarray:
     return (np.asarray(hu) >= CANDIDATE_HU) & np.asarray(heart_region, bool)
 
 
+def _mean_per_label(labels: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
+    """Mean of ``values`` per label ``0..n`` (``labels`` and ``values`` aligned 1D arrays); 0 for an absent label."""
+    counts = np.bincount(labels, minlength=n + 1)
+    return np.bincount(labels, weights=np.asarray(values, np.float64), minlength=n + 1) / np.maximum(counts, 1)
+
+
 def decide_components(candidates: np.ndarray, prob_at: np.ndarray, threshold: float = THRESHOLD,
                       outside_heart: np.ndarray | None = None, outside_threshold: float = OUTSIDE_HEART_THRESHOLD
                       ) -> np.ndarray:
@@ -421,24 +428,19 @@ def decide_components(candidates: np.ndarray, prob_at: np.ndarray, threshold: fl
         return out
     box = tuple(slice(int(a.min()), int(a.max()) + 1) for a in nz)
     sub = candidates[box]
-    lab, n = ndi.label(sub, structure=np.ones((3, 3, 3), bool))
+    lab, n = ndi.label(sub, structure=_CONNECTED_26)
     idx = lab[sub]  # same (C) order as np.nonzero(candidates)
     prob_at = np.asarray(prob_at, np.float64)
     out_vals = prob_at >= threshold
     if n:
-        sums = np.bincount(idx, weights=prob_at, minlength=n + 1)
-        counts = np.bincount(idx, minlength=n + 1)
-        mean = sums / np.maximum(counts, 1)
-        out_vals |= mean[idx] >= threshold
+        out_vals |= _mean_per_label(idx, prob_at, n)[idx] >= threshold
     if outside_heart is not None and out_vals.any():
         kept = np.zeros(sub.shape, bool)
         kept[sub] = out_vals
-        lesion_lab, n_lesions = ndi.label(kept, structure=np.ones((3, 3, 3), bool))
+        lesion_lab, n_lesions = ndi.label(kept, structure=_CONNECTED_26)
         lesion = lesion_lab[sub][out_vals]
-        counts = np.bincount(lesion, minlength=n_lesions + 1)
-        mean = np.bincount(lesion, weights=prob_at[out_vals], minlength=n_lesions + 1) / np.maximum(counts, 1)
-        outside = np.bincount(lesion, weights=np.asarray(outside_heart, bool)[out_vals].astype(np.float64),
-                              minlength=n_lesions + 1) / np.maximum(counts, 1)
+        mean = _mean_per_label(lesion, prob_at[out_vals], n_lesions)
+        outside = _mean_per_label(lesion, np.asarray(outside_heart, bool)[out_vals], n_lesions)
         unsure = (outside > 0.5) & (mean < outside_threshold)
         out_vals[out_vals] = ~unsure[lesion]
     out[box][sub] = out_vals
