@@ -29,6 +29,7 @@ from medhub.io.dicom import (
     required_decoder_package,
     scan_dicom,
 )
+from medhub.io.orientation import canonical_affine
 from medhub.synth.dicom_series import write_series
 from tests.conftest import SHARED_DATA
 
@@ -48,12 +49,7 @@ def phantom(slices: int = 20, rows: int = 64, columns: int = 64, seed: int = 0) 
 
 
 def axial_affine(spacing: tuple[float, float, float] = (2.5, 0.8, 0.8), origin=(-30.0, -40.0, -100.0)):
-    affine = np.eye(4)
-    affine[:3, 0] = [0, 0, spacing[0]]
-    affine[:3, 1] = [0, spacing[1], 0]
-    affine[:3, 2] = [spacing[2], 0, 0]
-    affine[:3, 3] = origin
-    return affine
+    return canonical_affine(spacing, origin)
 
 
 def oblique_affine(tilt_deg: float = 0.0) -> np.ndarray:

@@ -11,12 +11,7 @@ import pytest
 from medhub.hub.card import load_card
 from medhub.io.volume import Volume
 from medhub.models.lung_ct import LungCT
-from medhub.models.lung_ct.segment import (
-    apply_canonical,
-    canonical_transform,
-    segment_lungs,
-    undo_canonical,
-)
+from medhub.models.lung_ct.segment import segment_lungs
 from medhub.synth.chest import make_chest_phantom
 from tests.conftest import SHARED_DATA
 
@@ -93,22 +88,6 @@ def test_card_validates_with_coded_segments_and_values():
     assert (right.modifier.value, left.modifier.value) == ("24028007", "7771000")
     assert {v.name for v in card.outputs.values} == {
         "right_lung_volume_ml", "left_lung_volume_ml", "total_lung_volume_ml"}
-
-
-# ----------------------------------------------------------------------------------------------- orientation
-def test_canonical_transform_round_trips():
-    rng = np.random.default_rng(0)
-    a = rng.integers(0, 100, size=(3, 4, 5))
-    direction = np.array([[0, 0, -1], [0, 1, 0], [-1, 0, 0]], float)  # (z down, y, x to the right)
-    tr = canonical_transform(direction)
-    assert tr == ((0, 1, 2), (True, False, True))
-    assert np.array_equal(undo_canonical(apply_canonical(a, tr), tr), a)
-    direction = np.eye(3)  # axis 0 along x, axis 1 along y, axis 2 along z
-    assert canonical_transform(direction) == ((2, 1, 0), (False, False, False))
-    direction = np.array([[0, 1, 0], [1, 0, 0], [0, 0, 1]], float)  # axis 0 along y, axis 1 along x
-    tr = canonical_transform(direction)
-    assert tr == ((2, 0, 1), (False, False, False))
-    assert np.array_equal(undo_canonical(apply_canonical(a, tr), tr), a)
 
 
 # ------------------------------------------------------------------------------------------------- phantoms

@@ -86,13 +86,12 @@ def test_describe_components_equals_per_component_loop(dtype):
 @pytest.mark.skipif(not LIDC.is_dir(), reason="shared real data not available")
 def test_segment_lungs_canonical_equals_segment_lungs():
     from medhub.io.nifti import read_volume
-    from medhub.models.lung_ct.segment import apply_canonical, canonical_transform
+    from medhub.io.orientation import CANONICAL_DIRECTION, apply_canonical, canonical_transform
 
     vol = read_volume(LIDC / "0987_ct_3mm.nrrd")
     tr = canonical_transform(vol.direction)
     can = np.ascontiguousarray(apply_canonical(vol.array, tr)).astype(np.float32)
     sp = tuple(float(vol.spacing[p]) for p in tr[0])
-    canonical_direction = np.array([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
-    expected = segment_lungs(can, sp, canonical_direction)
+    expected = segment_lungs(can, sp, CANONICAL_DIRECTION)
     assert np.array_equal(segment_lungs_canonical(can, sp), expected)
     assert np.array_equal(segment_lungs_canonical(can, sp, body=body_mask(can)), expected)

@@ -10,6 +10,7 @@ from PIL import Image, ImageDraw
 
 from medhub.hub.card import SegmentSpec
 from medhub.io.files import atomic_path
+from medhub.io.orientation import apply_canonical, canonical_transform
 from medhub.io.volume import Volume
 
 _FALLBACK_COLORS = [(230, 80, 60), (60, 140, 230), (80, 200, 90), (240, 200, 40), (200, 90, 220)]
@@ -21,20 +22,6 @@ def window(array: np.ndarray, level: float = -300.0, width: float = 1400.0) -> n
     return (np.clip((array.astype(np.float32) - low) / width, 0, 1) * 255).astype(np.uint8)
 
 
-def _to_patient_view(volume: Volume, array: np.ndarray) -> np.ndarray:
-    """Reorder a (slice,row,col) array so rows run anterior→posterior, columns patient right→left and slices
-    foot→head (radiological display of an axial slice), whatever the acquisition orientation."""
-    # Array axis a points mostly along LPS axis `dominant[a]`.
-    dominant = np.argmax(np.abs(volume.direction), axis=0)
-    sign = np.sign(volume.direction[dominant, range(3)])
-    order = [int(np.where(dominant == lps)[0][0]) for lps in (2, 1, 0)]  # S, P, L
-    out = np.transpose(array, order)
-    for axis, source_axis in enumerate(order):
-        if sign[source_axis] < 0:
-            out = np.flip(out, axis)
-    return out
-
-
 def write_overlay_png(
     volume: Volume, labels: np.ndarray, segments: Sequence[SegmentSpec], path: str | Path,
     level: float = -300.0, width: float = 1400.0, caption: str = "",
@@ -44,11 +31,11 @@ def write_overlay_png(
 
     Pixels are resampled to square millimetres so anatomy keeps its proportions.
     """
-    image = _to_patient_view(volume, volume.array)
-    mask = _to_patient_view(volume, labels)
-    dominant = np.argmax(np.abs(volume.direction), axis=0)
-    spacing = np.asarray(volume.spacing)
-    sz, sy, sx = (spacing[np.where(dominant == lps)[0][0]] for lps in (2, 1, 0))
+    # canonical order is the radiological display: rows anterior to posterior, columns patient right to left
+    orientation = canonical_transform(volume.direction)
+    image = apply_canonical(volume.array, orientation)
+    mask = apply_canonical(labels, orientation)
+    sz, sy, sx = (volume.spacing[axis] for axis in orientation[0])
     counts = np.bincount(mask.ravel(), minlength=256)[1:]
     if counts.any():
         rarest = int(np.argmin(np.where(counts > 0, counts, counts.max() + 1))) + 1

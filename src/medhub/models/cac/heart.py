@@ -47,16 +47,9 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
+from medhub.io.orientation import apply_canonical, canonical_transform, undo_canonical
 from medhub.masks import crop_box, dilate_ball, dilate_mm
-from medhub.models.lung_ct.segment import (
-    apply_canonical,
-    block_factors,
-    body_mask,
-    canonical_transform,
-    find_airway,
-    segment_lungs_canonical,
-    undo_canonical,
-)
+from medhub.models.lung_ct.segment import block_factors, body_mask, find_airway, segment_lungs_canonical
 
 WORK_MM = (3.0, 3.0, 3.0)  # working grid (block means)
 TISSUE_HU = (-120.0, 700.0)  # candidate heart tissue: soft tissue up to contrast-enhanced blood
@@ -303,9 +296,6 @@ def _cut_liver(block: np.ndarray, sp, z_top: int, info: dict[str, Any]) -> tuple
 
 
 # ------------------------------------------------------------------------------------------------ public API
-CANONICAL_DIRECTION = np.array([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])  # canonical axes in LPS
-
-
 def _block_mean_fast(a: np.ndarray, f: tuple[int, int, int]) -> np.ndarray:
     """Block means (float32) over ``f``-sized blocks; a partial last block is averaged over what it has.
 

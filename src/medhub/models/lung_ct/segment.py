@@ -36,57 +36,16 @@ Steps (on the working grid):
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage as ndi
 
+from medhub.io.orientation import CANONICAL_DIRECTION, apply_canonical, canonical_transform, undo_canonical
+
 RIGHT, LEFT = 1, 2
 SPLIT_COMPACTNESS = 0.1  # compact watershed: the junction goes to the nearer seed where the distance map is flat
 SPLIT_HU_WEIGHT = 1.0  # weight of the density ridge (per 100 HU) against the distance map (mm)
-
-Transform = tuple[tuple[int, int, int], tuple[bool, bool, bool]]
-
-
-# ----------------------------------------------------------------------------------------------- orientation
-def canonical_transform(direction: np.ndarray) -> Transform:
-    """Axis permutation and flips that bring an array to canonical (head, posterior, left) order.
-
-    ``direction`` is the 3x3 matrix whose column ``a`` is the LPS unit direction of array axis ``a``.
-    Returns ``(perm, flips)``: ``np.transpose(array, perm)`` and then flipping canonical axis ``k`` where
-    ``flips[k]`` gives an array whose axes 0, 1, 2 point (most nearly, for oblique data) to +z (head),
-    +y (posterior) and +x (patient left).
-    """
-    d = np.asarray(direction, dtype=np.float64)
-    best, best_score = (0, 1, 2), -1.0
-    for perm in itertools.permutations(range(3)):  # canonical axis k is LPS component 2 - k
-        score = sum(abs(d[2 - k, perm[k]]) for k in range(3))
-        if score > best_score + 1e-9:
-            best, best_score = perm, score
-    perm = tuple(int(p) for p in best)
-    flips = tuple(bool(d[2 - k, perm[k]] < 0) for k in range(3))
-    return perm, flips  # type: ignore[return-value]
-
-
-def apply_canonical(array: np.ndarray, transform: Transform) -> np.ndarray:
-    """View of ``array`` in canonical orientation (see :func:`canonical_transform`)."""
-    perm, flips = transform
-    out = np.transpose(array, perm)
-    for k in range(3):
-        if flips[k]:
-            out = np.flip(out, axis=k)
-    return out
-
-
-def undo_canonical(array: np.ndarray, transform: Transform) -> np.ndarray:
-    """Inverse of :func:`apply_canonical`."""
-    perm, flips = transform
-    out = array
-    for k in range(3):
-        if flips[k]:
-            out = np.flip(out, axis=k)
-    return np.transpose(out, np.argsort(perm))
 
 
 # ------------------------------------------------------------------------------------------------ resampling
@@ -577,7 +536,7 @@ def segment_lungs_canonical(
     threshold_hu: float = -400.0,
     body: np.ndarray | None = None,
 ) -> np.ndarray:
-    """:func:`segment_lungs` for an array already in canonical orientation (see :func:`canonical_transform`).
+    """:func:`segment_lungs` for an array already in canonical orientation (see :mod:`medhub.io.orientation`).
 
     On a grid at least as coarse as the working grid (``block_factors(spacing_mm) == (1, 1, 1)``) this is the
     working-grid segmentation itself, with no copy or resampling, and ``body`` (:func:`body_mask` of ``hu``, if
@@ -587,8 +546,7 @@ def segment_lungs_canonical(
     """
     sp = tuple(float(s) for s in spacing_mm)
     if block_factors(sp) != (1, 1, 1) or np.asarray(hu).dtype != np.float32:
-        canonical_direction = np.array([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
-        return segment_lungs(hu, sp, canonical_direction, threshold_hu=threshold_hu)
+        return segment_lungs(hu, sp, CANONICAL_DIRECTION, threshold_hu=threshold_hu)
     labels, _blocked, _info = _segment_canonical(np.asarray(hu), sp, threshold_hu, body=body)
     return labels.astype(np.uint8, copy=False)
 
