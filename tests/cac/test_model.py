@@ -16,6 +16,7 @@ from medhub.models.cac.lesions import drop_lung_contact, drop_noise_like, half_m
 from medhub.models.cac.model import CAC, METAL_HU, find_metal, is_part_of_bone
 from medhub.synth.cac_phantom import make_cac_phantom
 from tests.conftest import SHARED_DATA, run_cli
+from tests.io.test_orientation import stored_as
 
 LIDC = SHARED_DATA / "lidc_chest_ct"
 needs_lidc = pytest.mark.skipif(not LIDC.is_dir(), reason="shared real data not available")
@@ -45,6 +46,16 @@ def test_real_lidc_scores(case: str, categories: set[str]) -> None:
     assert not prediction.extra["metal"]  # cortical bone is not taken for a stent
 
 
+@needs_lidc
+def test_real_lidc_scores_the_same_from_a_ras_file(tmp_path: Path) -> None:
+    from medhub.io.nifti import read_volume, write_volume
+
+    lps = read_volume(LIDC / "0987_ct_3mm.nrrd")
+    ras = write_volume(stored_as(lps, (0, 1, 2), (False, True, True)), tmp_path / "0987_ras.nii.gz")
+    # without the canonical view the network saw a mirrored chest: 72 (1-99) instead of 108
+    assert _model().predict(read_volume(ras)).values == _model().predict(lps).values
+
+
 def test_abdomen_without_heart_is_refused_not_scored(shared_data: Path, tmp_path: Path) -> None:
     done = run_cli("run", "cac", "--input", str(shared_data / "ct_siemens_example"), "--output", str(tmp_path / "out"))
     assert done.returncode != 0
@@ -67,6 +78,19 @@ def test_contrast_phantom_is_refused() -> None:
     with pytest.raises(InputError) as err:
         _model().predict(volume)
     assert err.value.code == "contrast" and "blood pool" in err.value.reason
+
+
+def test_storage_order_does_not_change_the_result() -> None:
+    # a RAS tool writes rows and columns reversed, some files are stored head first or as sagittal slices: same
+    # anatomy, same answer (Agatston lesions stay axial)
+    volume, _ = _phantom_volume(n_plaques=4, seed=5)
+    expected = _model().predict(volume)
+    assert expected.values["agatston"] > 0
+    for perm, flips in (((0, 1, 2), (False, True, True)), ((2, 0, 1), (True, False, False))):
+        stored = stored_as(volume, perm, flips)
+        prediction = _model().predict(stored)
+        assert prediction.values == expected.values
+        assert np.array_equal(prediction.labels, stored_as(volume.with_array(expected.labels), perm, flips).array)
 
 
 def test_stent_is_flagged_and_excluded() -> None:

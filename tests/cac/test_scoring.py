@@ -20,8 +20,10 @@ from medhub.cac.scoring import (
 )
 from medhub.errors import InputError
 from medhub.io.nifti import write_volume
+from medhub.io.orientation import canonical_affine
 from medhub.io.volume import Volume
 from tests.conftest import SHARED_DATA
+from tests.io.test_orientation import stored_as
 
 LIDC = SHARED_DATA / "lidc_chest_ct"
 
@@ -138,12 +140,25 @@ def test_delta_z_normalisation_uses_spacing():
 def test_thickness_is_recorded_never_used():
     hu = blank()
     hu[1, 2:5, 2:5] = 350
-    grid = np.diag([1.5, 1.0, 1.0, 1.0])
-    ct = Volume(array=hu, affine=grid, modality="CT", meta={"nominal_slice_thickness_mm": 3.0})
+    ct = Volume(array=hu, affine=canonical_affine((1.5, 1.0, 1.0)), modality="CT",
+                meta={"nominal_slice_thickness_mm": 3.0})
     result = score_volume(ct, ct.with_array(everywhere(hu).astype(np.uint8)))
     assert result.slice_spacing_mm == 1.5
     assert result.nominal_slice_thickness_mm == 3.0
     assert result.agatston == pytest.approx(9 * 3 * 0.5, abs=1e-6)
+
+
+def test_volume_scoring_is_axial_whatever_the_storage_order():
+    hu = blank((4, 12, 12))
+    hu[1, 2:5, 2:7] = 350  # 15 px on one slice, and a 2-slice lesion
+    hu[1:3, 8:10, 8:10] = 250
+    ct = Volume(array=hu, affine=canonical_affine((1.5, 0.5, 0.5)), modality="CT")
+    expected = score_volume(ct, ct.with_array(everywhere(hu).astype(np.uint8)))
+    sagittal = stored_as(ct, (2, 0, 1), (False, True, False))
+    mask = sagittal.with_array(everywhere(sagittal.array).astype(np.uint8))
+    result = score_volume(sagittal, mask)
+    assert result.agatston == pytest.approx(expected.agatston) == pytest.approx((15 * 3 + 2 * 4 * 2) * 0.25 * 0.5)
+    assert [les.centroid_lps_mm for les in result.lesions] == [les.centroid_lps_mm for les in expected.lesions]
 
 
 def modes_case() -> tuple[np.ndarray, np.ndarray]:
@@ -267,7 +282,7 @@ def test_deterministic():
 def write_pair(tmp_path: Path, mask_affine: np.ndarray | None = None) -> tuple[Path, Path]:
     hu = blank((3, 10, 10)).astype(np.int16)
     hu[1, 2:5, 2:5] = 250
-    affine = np.diag([3.0, 0.5, 0.5, 1.0])
+    affine = canonical_affine((3.0, 0.5, 0.5))
     ct = Volume(array=hu, affine=affine, modality="CT")
     mask = np.zeros(hu.shape, np.uint8)
     mask[1, 1:6, 1:6] = 1
@@ -293,7 +308,7 @@ def test_cli_score_end_to_end(tmp_path):
 
 
 def test_cli_score_refuses_mask_on_another_grid(tmp_path):
-    ct_path, mask_path = write_pair(tmp_path, mask_affine=np.diag([3.0, 1.0, 1.0, 1.0]))
+    ct_path, mask_path = write_pair(tmp_path, mask_affine=canonical_affine((3.0, 1.0, 1.0)))
     result = CliRunner().invoke(cac_app, ["score", str(ct_path), "--mask", str(mask_path)])
     assert isinstance(result.exception, InputError)
     assert result.exception.code == "grid-mismatch"

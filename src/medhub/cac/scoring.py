@@ -68,6 +68,7 @@ import numpy as np
 from scipy import ndimage
 
 from medhub.errors import InputError
+from medhub.io.orientation import apply_canonical, canonical_volume
 from medhub.io.volume import Volume
 from medhub.masks import crop_box
 
@@ -491,6 +492,10 @@ def score_volume(
     ``grid-mismatch`` names ``mask_name`` (default ``"mask"``) and both grids. Δz is ``ct.spacing[0]`` (from
     slice positions); the nominal SliceThickness (``ct.meta["nominal_slice_thickness_mm"]``, DICOM inputs) is
     only recorded in the result.
+
+    Both are scored in canonical orientation (:mod:`medhub.io.orientation`), so lesions are axial whatever axis
+    order the files used (a sagittally stored NIfTI, a RAS file); the lesion table's indices count in that order,
+    its LPS millimetre centroids hold in any.
     """
     where = mask_name or "mask"
     if ct.modality not in (None, "CT"):
@@ -500,8 +505,10 @@ def score_volume(
         raise InputError(where, f"mask grid {_grid_text(mask)} does not match the CT grid {_grid_text(ct)}; "
                                 "resample the mask onto the CT first", code="grid-mismatch")
     thickness = ct.meta.get("nominal_slice_thickness_mm")
+    ct, orientation = canonical_volume(ct)
+    mask_array = np.ascontiguousarray(apply_canonical(mask.array, orientation))
     return score_calcium(
-        ct.array, ct.spacing, mask.array, convention, labels=labels, affine=ct.affine,
+        ct.array, ct.spacing, mask_array, convention, labels=labels, affine=ct.affine,
         calibration_factor=calibration_factor, rod_hu=rod_hu, rod_density_mg_cm3=rod_density_mg_cm3,
         nominal_slice_thickness_mm=float(thickness) if thickness is not None else None,
     )

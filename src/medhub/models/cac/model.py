@@ -1,6 +1,7 @@
 """The ``cac`` model: heart, coronary calcium lesions, scores.
 
-Pipeline on a :class:`~medhub.io.volume.Volume` (HU, LPS):
+Pipeline on a :class:`~medhub.io.volume.Volume` (HU, LPS), viewed in canonical orientation
+(:mod:`medhub.io.orientation`) so that the same anatomy gives the same result whatever the file's axis order:
 
 1. lungs (``lung-ct``'s classical segmentation), then the heart between them (:mod:`.heart`); no heart in the
    field of view is a refusal ("heart not found"), never a score of 0;
@@ -24,6 +25,7 @@ from scipy import ndimage as ndi
 from medhub.cac.scoring import ScoringConvention, score_calcium
 from medhub.errors import InputError
 from medhub.hub.model import FolderModel, Prediction
+from medhub.io.orientation import canonical_volume, undo_canonical
 from medhub.io.volume import Volume
 from medhub.masks import crop_box
 from medhub.models.cac.heart import heart_region, segment_heart
@@ -36,6 +38,11 @@ from medhub.models.cac.lesions import (
 )
 
 HEART_LABEL, CALCIUM_LABEL = 1, 2
+
+#: How the voxel indices in ``Prediction.extra`` (lesion slices and centroids) count: in the canonical order, which
+#: is the stored order of a standard axial DICOM series. The LPS millimetre positions hold whatever the order.
+INDEX_ORDER = ("canonical (medhub.io.orientation): slice from the feet up, row from anterior, column from the "
+               "patient's right")
 
 #: Median blood-pool HU above which a scan counts as contrast-enhanced (non-contrast blood is about 30-50 HU).
 CONTRAST_BLOOD_POOL_HU = 150.0
@@ -61,6 +68,11 @@ class CAC(FolderModel):
     convention = ScoringConvention(mode="mapped")
 
     def predict(self, volume: Volume) -> Prediction:
+        # Every step sees the scan in canonical order (axis 0 the axial slices, feet first; rows anterior to
+        # posterior; columns right to left), whatever order the file stored it in: the network was trained in that
+        # order and Agatston lesions are axial. A RAS NIfTI of LIDC 0987 scored 72 instead of 108 without it.
+        stored = volume
+        volume, orientation = canonical_volume(volume)
         hu = volume.array
         spacing = volume.spacing
         heart = segment_heart(hu, spacing, volume.direction)
@@ -94,6 +106,8 @@ class CAC(FolderModel):
         box = crop_box(lesions, (0, 0, 0))
         if box is not None:
             labels[box][lesions[box] & (hu[box] >= self.convention.threshold_hu)] = CALCIUM_LABEL
+        if volume is not stored:
+            labels = np.ascontiguousarray(undo_canonical(labels, orientation))
         values: dict[str, float | str] = {
             "agatston": round(score.agatston, 3),
             "volume_mm3": round(score.volume_mm3, 3),
@@ -105,7 +119,7 @@ class CAC(FolderModel):
         }
         return Prediction(
             labels=labels, values=values, warnings=warnings,
-            extra={"score": score.to_dict(), "metal": metal, "dropped_lesions": dropped,
+            extra={"index_order": INDEX_ORDER, "score": score.to_dict(), "metal": metal, "dropped_lesions": dropped,
                    "heart": {"coverage": heart.coverage, "blood_pool_hu": heart.blood_pool_hu,
                              "soft_tissue_hu": round(tissue_hu, 1) if np.isfinite(tissue_hu) else None,
                              "noise_sd_hu": round(noise_sd, 1) if np.isfinite(noise_sd) else None,
