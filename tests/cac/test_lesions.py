@@ -211,6 +211,26 @@ def test_hard_negative_patches_centre_on_non_coronary_calcium() -> None:
     assert hits(0.9) >= 10 and hits(0.0) == 0
 
 
+def test_patches_are_shifted_by_up_to_hu_offset() -> None:
+    from medhub.models.cac.train import Case, sample_batch
+
+    shape = (32, 32, 32)
+    centre = np.array([[16, 16, 16]])
+    case = Case(seed=0, hu=np.full(shape, 40, np.int16), target=np.zeros(shape, bool),
+                weight=np.ones(shape, np.float16), dice_mask=np.zeros(shape, bool), positives=centre,
+                negatives=centre, distractors=centre[:0], region=centre, info={})
+    soft_window = 0  # channel of clip(HU, -250, 350) / 250
+
+    def tissue_hu(offset: float) -> np.ndarray:
+        x, *_ = sample_batch([case], np.random.default_rng(0), batch=64, patch=8, hu_offset=offset)
+        return x[:, soft_window, 4, 4, 4].numpy() * 250
+
+    unshifted, shifted = tissue_hu(0.0), tissue_hu(30.0)
+    assert unshifted.min() >= 40 * 0.96 - 1e-3 and unshifted.max() <= 40 * 1.04 + 1e-3
+    assert shifted.min() >= 40 * 0.96 - 30 - 1e-3 and shifted.max() <= 40 * 1.04 + 30 + 1e-3
+    assert shifted.max() - shifted.min() > 40  # the shift spreads the tissue over most of the +-30 HU range
+
+
 def test_lesions_outside_the_heart_need_a_confident_network() -> None:
     from medhub.models.cac.lesions import OUTSIDE_HEART_THRESHOLD, decide_components
 

@@ -222,6 +222,8 @@ def train_command(
     hard_negatives: Annotated[float, typer.Option("--hard-negatives", min=0.0, max=0.9,
                                                   help="Share of patches centred on non-coronary calcium "
                                                        "(valve, aorta, stent).")] = 0.0,
+    hu_offset: Annotated[float, typer.Option("--hu-offset", min=0.0, max=100.0,
+                                             help="Half-range (HU) of the random HU shift of each patch.")] = 8.0,
 ) -> None:
     """Train the coronary-calcium lesion network on synthetic phantoms (training seeds only)."""
     # Imported here so that other medhub commands start without loading torch.
@@ -230,6 +232,6 @@ def train_command(
 
     side = train(out, n_train=n_train, epochs=epochs, seed=seed, steps_per_epoch=steps_per_epoch, threads=threads,
                  first_seed=first_seed, init_from=init_from, time_limit_s=time_limit, notes=notes,
-                 hard_negatives=hard_negatives)
+                 hard_negatives=hard_negatives, hu_offset=hu_offset)
     Console().print(f"wrote {Path(out).resolve()} (sha256 {side['sha256']}, {side['size_bytes']} bytes) "
                     f"and {sidecar_path(Path(out)).resolve()}")

@@ -183,13 +183,20 @@ def _crop(array: np.ndarray, centre: np.ndarray, size: int, fill: float) -> np.n
     return out
 
 
+#: Default half-range (HU) of the global HU offset added to each training patch.
+HU_OFFSET = 8.0
+
+
 def sample_batch(cases: list[Case], rng: np.random.Generator, batch: int, patch: int = PATCH,
-                 hard_negatives: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                 hard_negatives: float = 0.0, hu_offset: float = HU_OFFSET
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """A batch of patches: inputs ``(B, 2, P, P, P)``, target, weight, Dice mask ``(B, 1, P, P, P)``.
 
     Patches centre on a positive voxel (45 %), a negative candidate (40 %) or anywhere in the heart region (15 %).
     With ``hard_negatives`` > 0 that share of patches first goes to non-coronary calcium (valve, annulus, aortic
     wall, stent) when the case has some: among all negative candidates bone dominates, so these are rarely drawn.
+    Each patch's HU are scaled by 0.96-1.04 and shifted by up to ``hu_offset`` HU: scanners and patients differ in
+    calibration and tissue density (the phantoms' tissues have one HU each).
     """
     xs, ts, ws, ds = [], [], [], []
     for _ in range(batch):
@@ -211,7 +218,7 @@ def sample_batch(cases: list[Case], rng: np.random.Generator, batch: int, patch:
                 pool = case.region
         centre = pool[int(rng.integers(len(pool)))] + rng.integers(-patch // 4, patch // 4 + 1, 3)
         hu = _crop(case.hu, centre, patch, -1000).astype(np.float32)
-        hu = hu * float(rng.uniform(0.96, 1.04)) + float(rng.uniform(-8.0, 8.0))
+        hu = hu * float(rng.uniform(0.96, 1.04)) + float(rng.uniform(-hu_offset, hu_offset))
         xs.append(hu_channels(hu))
         ts.append(_crop(case.target, centre, patch, False)[None])
         ws.append(_crop(case.weight, centre, patch, 0.05)[None])
@@ -238,7 +245,8 @@ def train(out_path: Path, *, n_train: int = 96, epochs: int = 30, seed: int = 0,
           batch: int = 4, patch: int = PATCH, lr: float = 2e-3, threads: int = 2, first_seed: int = 0,
           net_config: UNet3DConfig = DEFAULT_NET, progress: bool = True, time_limit_s: float | None = None,
           log: Any = None, checkpoint: bool = False, phantom_overrides: dict[str, Any] | None = None,
-          init_from: Path | None = None, notes: str | None = None, hard_negatives: float = 0.0) -> dict[str, Any]:
+          init_from: Path | None = None, notes: str | None = None, hard_negatives: float = 0.0,
+          hu_offset: float = HU_OFFSET) -> dict[str, Any]:
     """Train the lesion network and write ``out_path`` (state dict) plus its JSON sidecar.
 
     Parameters
@@ -267,6 +275,8 @@ def train(out_path: Path, *, n_train: int = 96, epochs: int = 30, seed: int = 0,
         Free text stored in the sidecar (e.g. how earlier stages of a warm-started training ran).
     hard_negatives:
         Share of patches centred on non-coronary calcium (see :func:`sample_batch`); 0 keeps the original sampling.
+    hu_offset:
+        Half-range (HU) of the random global HU shift of each patch (see :func:`sample_batch`).
 
     The learning rate follows a cosine decay from ``lr`` to 5 % of it over the training's progress, measured as
     the larger of the fraction of steps done and, with ``time_limit_s``, the fraction of the time used.
@@ -316,7 +326,7 @@ def train(out_path: Path, *, n_train: int = 96, epochs: int = 30, seed: int = 0,
                 for group in opt.param_groups:
                     group["lr"] = lr * (0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress_frac))))
                 step += 1
-                x, tgt, w, dm = sample_batch(cases, rng, batch, patch, hard_negatives)
+                x, tgt, w, dm = sample_batch(cases, rng, batch, patch, hard_negatives, hu_offset)
                 loss, b, d = loss_fn(net(x), tgt, w, dm)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -354,7 +364,7 @@ def train(out_path: Path, *, n_train: int = 96, epochs: int = 30, seed: int = 0,
             "batch": batch, "patch": patch, "lr": lr, "optimizer": "AdamW(wd=1e-4), cosine decay to 5%",
             "loss": "weighted BCE + soft Dice over the candidate neighbourhood", "seed": seed, "threads": threads,
             "init_from": None if init_from is None else Path(init_from).name, "notes": notes,
-            "time_limit_s": time_limit_s, "hard_negatives": hard_negatives,
+            "time_limit_s": time_limit_s, "hard_negatives": hard_negatives, "hu_offset": hu_offset,
             "distribution": "noise SD 0-35 HU correlated 0.5-1.5 mm, blur 0-1 mm, slice spacing 1-3.5 mm, "
                             "in-plane 0.6-1.1 mm, 25% re-sampled to 3 mm isotropic, distractors 90%, stents 15%, "
                             "edge cases 15%, 20% without coronary calcium, no contrast",
