@@ -36,6 +36,7 @@ import SimpleITK as sitk
 
 from medhub.cac.scoring import ScoringConvention, score_calcium
 from medhub.errors import MedhubError
+from medhub.hub.verify import dice
 from medhub.io.nifti import image_to_volume, volume_to_image
 from medhub.io.records import write_csv
 from medhub.io.volume import Volume
@@ -77,10 +78,6 @@ def on_isotropic_grid(volume: Volume, masks: list[np.ndarray], grid_mm: float
     out.meta["nominal_slice_thickness_mm"] = grid_mm
     return out, [sitk.GetArrayFromImage(resample(volume_to_image(volume, m), sitk.sitkNearestNeighbor, 0)) > 0
                  for m in masks]
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    return float(2 * (a & b).sum() / max(a.sum() + b.sum(), 1))
 
 
 def evaluate(n: int, psf_sigma_mm: tuple[float, float] = CLINICAL_PSF_SIGMA_MM, validation: bool = False,

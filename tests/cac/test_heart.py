@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
+from medhub.hub.verify import dice
 from medhub.models.cac.heart import (
     HeartResult,
     blood_pool_hu,
@@ -22,10 +23,6 @@ LIDC = DATA / "lidc_chest_ct"
 SIEMENS = DATA / "ct_siemens_example"
 needs_lidc = pytest.mark.skipif(not LIDC.is_dir(), reason="shared real data not available")
 needs_siemens = pytest.mark.skipif(not SIEMENS.is_dir(), reason="shared real data not available")
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    return float(2.0 * (a & b).sum() / max(a.sum() + b.sum(), 1))
 
 
 @cache

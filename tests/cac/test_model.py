@@ -11,12 +11,12 @@ import pytest
 from scipy import ndimage as ndi
 
 from medhub.errors import InputError
+from medhub.io.orientation import reoriented
 from medhub.io.volume import Volume
 from medhub.models.cac.lesions import drop_lung_contact, drop_noise_like, half_maximum_footprint, soft_tissue_noise
 from medhub.models.cac.model import CAC, METAL_HU, find_metal, is_part_of_bone
 from medhub.synth.cac_phantom import make_cac_phantom
 from tests.conftest import SHARED_DATA, run_cli
-from tests.io.test_orientation import stored_as
 
 LIDC = SHARED_DATA / "lidc_chest_ct"
 needs_lidc = pytest.mark.skipif(not LIDC.is_dir(), reason="shared real data not available")
@@ -51,7 +51,7 @@ def test_real_lidc_scores_the_same_from_a_ras_file(tmp_path: Path) -> None:
     from medhub.io.nifti import read_volume, write_volume
 
     lps = read_volume(LIDC / "0987_ct_3mm.nrrd")
-    ras = write_volume(stored_as(lps, (0, 1, 2), (False, True, True)), tmp_path / "0987_ras.nii.gz")
+    ras = write_volume(reoriented(lps, ((0, 1, 2), (False, True, True))), tmp_path / "0987_ras.nii.gz")
     # without the canonical view the network saw a mirrored chest: 72 (1-99) instead of 108
     assert _model().predict(read_volume(ras)).values == _model().predict(lps).values
 
@@ -87,10 +87,10 @@ def test_storage_order_does_not_change_the_result() -> None:
     expected = _model().predict(volume)
     assert expected.values["agatston"] > 0
     for perm, flips in (((0, 1, 2), (False, True, True)), ((2, 0, 1), (True, False, False))):
-        stored = stored_as(volume, perm, flips)
+        stored = reoriented(volume, (perm, flips))
         prediction = _model().predict(stored)
         assert prediction.values == expected.values
-        assert np.array_equal(prediction.labels, stored_as(volume.with_array(expected.labels), perm, flips).array)
+        assert np.array_equal(prediction.labels, reoriented(volume.with_array(expected.labels), (perm, flips)).array)
 
 
 def test_stent_is_flagged_and_excluded() -> None:

@@ -20,10 +20,9 @@ from medhub.cac.scoring import (
 )
 from medhub.errors import InputError
 from medhub.io.nifti import write_volume
-from medhub.io.orientation import canonical_affine
+from medhub.io.orientation import canonical_affine, reoriented
 from medhub.io.volume import Volume
 from tests.conftest import SHARED_DATA
-from tests.io.test_orientation import stored_as
 
 LIDC = SHARED_DATA / "lidc_chest_ct"
 
@@ -154,7 +153,7 @@ def test_volume_scoring_is_axial_whatever_the_storage_order():
     hu[1:3, 8:10, 8:10] = 250
     ct = Volume(array=hu, affine=canonical_affine((1.5, 0.5, 0.5)), modality="CT")
     expected = score_volume(ct, ct.with_array(everywhere(hu).astype(np.uint8)))
-    sagittal = stored_as(ct, (2, 0, 1), (False, True, False))
+    sagittal = reoriented(ct, ((2, 0, 1), (False, True, False)))
     mask = sagittal.with_array(everywhere(sagittal.array).astype(np.uint8))
     result = score_volume(sagittal, mask)
     assert result.agatston == pytest.approx(expected.agatston) == pytest.approx((15 * 3 + 2 * 4 * 2) * 0.25 * 0.5)

@@ -13,6 +13,7 @@ from medhub.io.orientation import (
     apply_canonical,
     canonical_transform,
     canonical_volume,
+    reoriented,
     undo_canonical,
 )
 from medhub.io.volume import Volume
@@ -34,22 +35,6 @@ def test_canonical_transform_of_known_directions():
     assert canonical_transform(CANONICAL_DIRECTION) == IDENTITY
 
 
-def stored_as(volume: Volume, perm: tuple[int, int, int], flips: tuple[bool, bool, bool]) -> Volume:
-    """The same voxels stored in another axis order: array axis ``a`` of the result is input axis ``perm[a]``,
-    reversed where ``flips[a]``."""
-    array = np.transpose(volume.array, perm)
-    steps = volume.affine[:3, :3][:, list(perm)].copy()
-    origin = volume.affine[:3, 3].copy()
-    for a in range(3):
-        if flips[a]:
-            array = np.flip(array, axis=a)
-            origin += steps[:, a] * (array.shape[a] - 1)
-            steps[:, a] *= -1
-    affine = np.eye(4)
-    affine[:3, :3], affine[:3, 3] = steps, origin
-    return Volume(np.ascontiguousarray(array), affine, modality="CT")
-
-
 def _canonical_reference() -> Volume:
     rng = np.random.default_rng(1)
     affine = np.eye(4)
@@ -62,7 +47,7 @@ def _canonical_reference() -> Volume:
 @pytest.mark.parametrize("flips", [(False, False, False), (True, False, True), (False, True, True), (True, True, True)])
 def test_canonical_volume_undoes_any_storage_order(perm, flips):
     reference = _canonical_reference()
-    stored = stored_as(reference, perm, flips)
+    stored = reoriented(reference, (perm, flips))
     canonical, tr = canonical_volume(stored)
     assert np.array_equal(canonical.array, reference.array)
     assert np.allclose(canonical.affine, reference.affine)

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 
 from medhub.hub.card import load_card
+from medhub.hub.verify import dice
+from medhub.io.orientation import reoriented, undo_canonical
 from medhub.io.volume import Volume
 from medhub.models.lung_ct import LungCT
 from medhub.models.lung_ct.segment import segment_lungs
@@ -43,31 +45,6 @@ def _predict(path: str):
     return _model().predict(_read(path))
 
 
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    return 2.0 * np.count_nonzero(a & b) / max(1, np.count_nonzero(a) + np.count_nonzero(b))
-
-
-def _reoriented(volume: Volume, perm: tuple[int, int, int], flips: tuple[bool, bool, bool]) -> Volume:
-    """The same image stored another way: array axes permuted and flipped, affine adjusted to match."""
-    array = np.transpose(volume.array, perm)
-    affine = np.eye(4)
-    affine[:3, :3] = volume.affine[:3, :3][:, list(perm)]
-    affine[:3, 3] = volume.affine[:3, 3]
-    for k, flip in enumerate(flips):
-        if flip:
-            array = np.flip(array, axis=k)
-            affine[:3, 3] += affine[:3, k] * (array.shape[k] - 1)
-            affine[:3, k] *= -1
-    return Volume(np.ascontiguousarray(array), affine, modality=volume.modality)
-
-
-def _undo_reorient(labels: np.ndarray, perm, flips) -> np.ndarray:
-    for k, flip in enumerate(flips):
-        if flip:
-            labels = np.flip(labels, axis=k)
-    return np.transpose(labels, np.argsort(perm))
-
-
 def _lps_centroid_x(volume: Volume, mask: np.ndarray) -> float:
     idx = np.argwhere(mask).mean(axis=0)
     return float((volume.affine @ np.append(idx, 1.0))[0])
@@ -96,12 +73,12 @@ def test_card_validates_with_coded_segments_and_values():
     [((64, 128, 128), (5.0, 2.5, 2.5), 0),  # coarse, used as is
      ((40, 384, 384), (7.5, 0.9, 0.9), 3)],  # fine in-plane: downsampled, refined at full resolution
 )
-def test_phantom_dice(shape, spacing, seed):
+def test_phantomdice(shape, spacing, seed):
     ph = make_chest_phantom(shape=shape, spacing=spacing, noise_sd=20.0, seed=seed)
     vol = Volume(ph.hu, ph.affine, modality="CT")
     pred = _model().predict(vol)
     for label in (1, 2):
-        assert _dice(pred.labels == label, ph.labels == label) >= 0.95
+        assert dice(pred.labels == label, ph.labels == label) >= 0.95
     voxel_ml = np.prod(spacing) / 1000
     assert pred.values["right_lung_volume_ml"] == pytest.approx(np.count_nonzero(pred.labels == 1) * voxel_ml, abs=0.1)
     # the phantom's lungs meet at the anterior junction line, so one air component had to be split in two
@@ -125,8 +102,8 @@ def test_phantom_flip_invariance():
     vol = Volume(ph.hu, ph.affine)
     base = _model().predict(vol).labels
     for perm, flips in (((0, 1, 2), (True, False, True)), ((2, 1, 0), (False, True, False))):
-        other = _model().predict(_reoriented(vol, perm, flips)).labels
-        assert np.array_equal(_undo_reorient(other, perm, flips), base)
+        other = _model().predict(reoriented(vol, (perm, flips))).labels
+        assert np.array_equal(undo_canonical(other, (perm, flips)), base)
 
 
 # ------------------------------------------------------------------------------------------------- real CT
@@ -155,8 +132,8 @@ def test_lidc_deterministic_and_orientation_invariant():
     again = segment_lungs(vol.array, vol.spacing, vol.direction)
     assert np.array_equal(again, base)
     perm, flips = (0, 1, 2), (True, True, True)
-    other = _model().predict(_reoriented(vol, perm, flips)).labels
-    assert np.array_equal(_undo_reorient(other, perm, flips), base)
+    other = _model().predict(reoriented(vol, (perm, flips))).labels
+    assert np.array_equal(undo_canonical(other, (perm, flips)), base)
 
 
 def test_lower_chest_keeps_lung_bases_and_rejects_abdominal_gas():

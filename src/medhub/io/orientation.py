@@ -79,16 +79,10 @@ def undo_canonical(array: np.ndarray, transform: Transform) -> np.ndarray:
     return np.transpose(out, np.argsort(perm))
 
 
-def canonical_volume(volume: Volume) -> tuple[Volume, Transform]:
-    """``volume`` in canonical orientation, and the transform that took it there.
-
-    The returned volume describes the same voxels at the same LPS positions: its affine's columns are permuted and
-    negated with the array axes, and its origin moves to the voxel that became index ``(0, 0, 0)``. Its array is a
-    C-contiguous copy, except for the identity transform, where the input volume itself is returned.
-    """
-    transform = canonical_transform(volume.direction)
-    if transform == IDENTITY:
-        return volume, transform
+def reoriented(volume: Volume, transform: Transform) -> Volume:
+    """``volume`` stored in another axis order: its array is ``apply_canonical(volume.array, transform)`` (a
+    C-contiguous copy) and its affine's columns are permuted and negated with the axes, the origin moved to the
+    voxel that became index ``(0, 0, 0)``, so every voxel keeps its LPS position."""
     perm, flips = transform
     steps = volume.affine[:3, :3][:, list(perm)].copy()
     origin = volume.affine[:3, 3].copy()
@@ -100,4 +94,11 @@ def canonical_volume(volume: Volume) -> tuple[Volume, Transform]:
     affine = np.eye(4)
     affine[:3, :3], affine[:3, 3] = steps, origin
     array = np.ascontiguousarray(apply_canonical(volume.array, transform))
-    return Volume(array, affine, modality=volume.modality, source=volume.source, meta=dict(volume.meta)), transform
+    return Volume(array, affine, modality=volume.modality, source=volume.source, meta=dict(volume.meta))
+
+
+def canonical_volume(volume: Volume) -> tuple[Volume, Transform]:
+    """``volume`` in canonical orientation (:func:`reoriented`), and the transform that took it there; the input
+    volume itself for the identity transform (a standard axial series), at no cost."""
+    transform = canonical_transform(volume.direction)
+    return (volume if transform == IDENTITY else reoriented(volume, transform)), transform

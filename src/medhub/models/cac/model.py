@@ -71,7 +71,6 @@ class CAC(FolderModel):
         # Every step sees the scan in canonical order (axis 0 the axial slices, feet first; rows anterior to
         # posterior; columns right to left), whatever order the file stored it in: the network was trained in that
         # order and Agatston lesions are axial. A RAS NIfTI of LIDC 0987 scored 72 instead of 108 without it.
-        stored = volume
         volume, orientation = canonical_volume(volume)
         hu = volume.array
         spacing = volume.spacing
@@ -106,8 +105,7 @@ class CAC(FolderModel):
         box = crop_box(lesions, (0, 0, 0))
         if box is not None:
             labels[box][lesions[box] & (hu[box] >= self.convention.threshold_hu)] = CALCIUM_LABEL
-        if volume is not stored:
-            labels = np.ascontiguousarray(undo_canonical(labels, orientation))
+        labels = np.ascontiguousarray(undo_canonical(labels, orientation))  # back to the file's order
         values: dict[str, float | str] = {
             "agatston": round(score.agatston, 3),
             "volume_mm3": round(score.volume_mm3, 3),
