@@ -211,6 +211,22 @@ def test_hard_negative_patches_centre_on_non_coronary_calcium() -> None:
     assert hits(0.9) >= 10 and hits(0.0) == 0
 
 
+def test_soft_tissue_window_follows_the_scan_and_the_calcium_window_does_not() -> None:
+    from medhub.models.cac.lesions import (
+        MAX_SOFT_TISSUE_SHIFT_HU,
+        SOFT_TISSUE_REFERENCE_HU,
+        hu_channels,
+        soft_tissue_shift,
+    )
+
+    hu = np.random.default_rng(0).normal(40.0, 120.0, (4, 8, 8)).astype(np.float32)
+    plain, brighter = hu_channels(hu), hu_channels(hu + 15.0, soft_tissue_shift(SOFT_TISSUE_REFERENCE_HU + 15.0))
+    assert np.allclose(brighter[0], plain[0], atol=1e-6)  # soft tissue: the scan's own level
+    assert not np.allclose(brighter[1], plain[1])  # calcium: absolute HU, as Agatston
+    assert soft_tissue_shift(None) == soft_tissue_shift(float("nan")) == 0.0
+    assert soft_tissue_shift(SOFT_TISSUE_REFERENCE_HU + 500.0) == MAX_SOFT_TISSUE_SHIFT_HU
+
+
 def test_patches_are_shifted_by_up_to_hu_offset() -> None:
     from medhub.models.cac.train import Case, sample_batch
 
@@ -229,6 +245,18 @@ def test_patches_are_shifted_by_up_to_hu_offset() -> None:
     assert unshifted.min() >= 40 * 0.96 - 1e-3 and unshifted.max() <= 40 * 1.04 + 1e-3
     assert shifted.min() >= 40 * 0.96 - 30 - 1e-3 and shifted.max() <= 40 * 1.04 + 30 + 1e-3
     assert shifted.max() - shifted.min() > 40  # the shift spreads the tissue over most of the +-30 HU range
+
+
+def test_tissue_contrast_moves_fat_and_soft_tissue_but_not_calcium_or_air() -> None:
+    from medhub.models.cac.train import FAT_HU, SOFT_TISSUE_HU, remap_tissue_contrast
+
+    hu = np.array([-1500.0, -1000.0, FAT_HU, SOFT_TISSUE_HU, 129.0, 130.0, 400.0], np.float32)
+    moved = remap_tissue_contrast(hu, fat_shift_hu=25.0, soft_shift_hu=-10.0)
+    assert moved[2] == FAT_HU + 25.0 and moved[3] == SOFT_TISSUE_HU - 10.0
+    assert np.array_equal(moved[[0, 1, 5, 6]], hu[[0, 1, 5, 6]])  # air and Agatston's calcium stay absolute
+    assert 120.0 < moved[4] < 130.0  # continuous up to the threshold
+    dense = np.linspace(-1200, 600, 1801, dtype=np.float32)
+    assert np.all(np.diff(remap_tissue_contrast(dense, -30.0, 15.0)) > 0)  # monotone: no tissue swaps order
 
 
 def test_lesions_outside_the_heart_need_a_confident_network() -> None:

@@ -52,8 +52,21 @@ def test_real_lidc_scores_the_same_from_a_ras_file(tmp_path: Path) -> None:
 
     lps = read_volume(LIDC / "0987_ct_3mm.nrrd")
     ras = write_volume(reoriented(lps, ((0, 1, 2), (False, True, True))), tmp_path / "0987_ras.nii.gz")
-    # without the canonical view the network saw a mirrored chest: 72 (1-99) instead of 108
+    # cac 0.3.0, without the canonical view, saw a mirrored chest here: 72 (1-99) instead of its 108 then
     assert _model().predict(read_volume(ras)).values == _model().predict(lps).values
+
+
+@needs_lidc
+def test_real_lidc_lesions_survive_a_shift_of_the_whole_scan() -> None:
+    from medhub.io.nifti import read_volume
+
+    # 0.3.1 scored 0987 at 72-108 from -30 to +10 HU and 0 from +15 HU up: the network had learnt the phantoms'
+    # one-HU-per-tissue; its soft-tissue window now follows the scan's own soft tissue
+    volume = read_volume(LIDC / "0987_ct_3mm.nrrd")
+    found = {shift: _model().predict(volume.with_array((volume.array + shift).astype(np.int16))).values
+             for shift in (-20, 0, 20)}
+    assert all(values["agatston"] > 0 for values in found.values())
+    assert len({values["lesion_count"] for values in found.values()}) == 1
 
 
 def test_abdomen_without_heart_is_refused_not_scored(shared_data: Path, tmp_path: Path) -> None:

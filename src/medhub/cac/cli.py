@@ -224,6 +224,9 @@ def train_command(
                                                        "(valve, aorta, stent).")] = 0.0,
     hu_offset: Annotated[float, typer.Option("--hu-offset", min=0.0, max=100.0,
                                              help="Half-range (HU) of the random HU shift of each patch.")] = 8.0,
+    tissue_contrast: Annotated[float, typer.Option("--tissue-contrast", min=0.0, max=60.0,
+                                                   help="Half-range (HU) of a random shift of fat, and half of it "
+                                                        "of soft tissue, calcium untouched.")] = 0.0,
 ) -> None:
     """Train the coronary-calcium lesion network on synthetic phantoms (training seeds only)."""
     # Imported here so that other medhub commands start without loading torch.
@@ -232,6 +235,7 @@ def train_command(
 
     side = train(out, n_train=n_train, epochs=epochs, seed=seed, steps_per_epoch=steps_per_epoch, threads=threads,
                  first_seed=first_seed, init_from=init_from, time_limit_s=time_limit, notes=notes,
-                 hard_negatives=hard_negatives, hu_offset=hu_offset)
+                 hard_negatives=hard_negatives, hu_offset=hu_offset,
+                 tissue_contrast=tissue_contrast)
     Console().print(f"wrote {Path(out).resolve()} (sha256 {side['sha256']}, {side['size_bytes']} bytes) "
                     f"and {sidecar_path(Path(out)).resolve()}")

@@ -91,10 +91,10 @@ class CAC(FolderModel):
         for item in metal:
             warnings.append(f"metal (stent?) of {item['volume_mm3']:.0f} mm³, peak {item['peak_hu']:.0f} HU at "
                             f"slices {item['first_slice']}-{item['last_slice']}: excluded from the score")
-        lesions = half_maximum_footprint(hu, segment_calcium(hu, spacing, region & ~metal_mask, self.weights_path,
-                                                          heart_mask=heart.mask))
-        lesions, dropped = drop_lung_contact(hu, lesions, spacing)
         tissue_hu, noise_sd = soft_tissue_noise(hu, heart.mask)
+        lesions = half_maximum_footprint(hu, segment_calcium(hu, spacing, region & ~metal_mask, self.weights_path,
+                                                          heart_mask=heart.mask, soft_tissue_hu=tissue_hu))
+        lesions, dropped = drop_lung_contact(hu, lesions, spacing)
         lesions, noise_like = drop_noise_like(hu, lesions, spacing, tissue_hu, noise_sd)
         dropped += noise_like
         score = score_calcium(hu, spacing, lesions, self.convention, affine=volume.affine,

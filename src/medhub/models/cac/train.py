@@ -185,10 +185,26 @@ def _crop(array: np.ndarray, centre: np.ndarray, size: int, fill: float) -> np.n
 
 #: Default half-range (HU) of the global HU offset added to each training patch.
 HU_OFFSET = 8.0
+#: Fat and soft-tissue levels (HU) of the phantoms that :func:`remap_tissue_contrast` moves.
+FAT_HU, SOFT_TISSUE_HU = -100.0, 40.0
+
+
+def remap_tissue_contrast(hu: np.ndarray, fat_shift_hu: float, soft_shift_hu: float) -> np.ndarray:
+    """``hu`` with fat moved by ``fat_shift_hu`` and soft tissue by ``soft_shift_hu``, calcium untouched.
+
+    A monotone piecewise-linear map through (-1000, -1000), (:data:`FAT_HU`, + fat shift), (:data:`SOFT_TISSUE_HU`,
+    + soft shift) and (:data:`~medhub.models.cac.lesions.CANDIDATE_HU`, unchanged); identity outside -1000 to
+    130 HU. The phantoms give each tissue one HU, real scans do not (epicardial fat at 3 mm reads anywhere from
+    -120 to -50 HU), while the Agatston threshold is absolute.
+    """
+    knots = np.array([-1000.0, FAT_HU, SOFT_TISSUE_HU, CANDIDATE_HU])
+    moved = knots + np.array([0.0, fat_shift_hu, soft_shift_hu, 0.0])
+    inside = (hu > knots[0]) & (hu < knots[-1])
+    return np.where(inside, np.interp(hu, knots, moved), hu).astype(np.float32)
 
 
 def sample_batch(cases: list[Case], rng: np.random.Generator, batch: int, patch: int = PATCH,
-                 hard_negatives: float = 0.0, hu_offset: float = HU_OFFSET
+                 hard_negatives: float = 0.0, hu_offset: float = HU_OFFSET, tissue_contrast: float = 0.0
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """A batch of patches: inputs ``(B, 2, P, P, P)``, target, weight, Dice mask ``(B, 1, P, P, P)``.
 
@@ -196,7 +212,8 @@ def sample_batch(cases: list[Case], rng: np.random.Generator, batch: int, patch:
     With ``hard_negatives`` > 0 that share of patches first goes to non-coronary calcium (valve, annulus, aortic
     wall, stent) when the case has some: among all negative candidates bone dominates, so these are rarely drawn.
     Each patch's HU are scaled by 0.96-1.04 and shifted by up to ``hu_offset`` HU: scanners and patients differ in
-    calibration and tissue density (the phantoms' tissues have one HU each).
+    calibration and tissue density (the phantoms' tissues have one HU each). With ``tissue_contrast`` > 0, fat and
+    soft tissue first move independently (:func:`remap_tissue_contrast`) by up to ``tissue_contrast`` and half of it.
     """
     xs, ts, ws, ds = [], [], [], []
     for _ in range(batch):
@@ -218,6 +235,9 @@ def sample_batch(cases: list[Case], rng: np.random.Generator, batch: int, patch:
                 pool = case.region
         centre = pool[int(rng.integers(len(pool)))] + rng.integers(-patch // 4, patch // 4 + 1, 3)
         hu = _crop(case.hu, centre, patch, -1000).astype(np.float32)
+        if tissue_contrast > 0:
+            hu = remap_tissue_contrast(hu, float(rng.uniform(-tissue_contrast, tissue_contrast)),
+                                       float(rng.uniform(-tissue_contrast, tissue_contrast)) / 2)
         hu = hu * float(rng.uniform(0.96, 1.04)) + float(rng.uniform(-hu_offset, hu_offset))
         xs.append(hu_channels(hu))
         ts.append(_crop(case.target, centre, patch, False)[None])
@@ -246,7 +266,7 @@ def train(out_path: Path, *, n_train: int = 96, epochs: int = 30, seed: int = 0,
           net_config: UNet3DConfig = DEFAULT_NET, progress: bool = True, time_limit_s: float | None = None,
           log: Any = None, checkpoint: bool = False, phantom_overrides: dict[str, Any] | None = None,
           init_from: Path | None = None, notes: str | None = None, hard_negatives: float = 0.0,
-          hu_offset: float = HU_OFFSET) -> dict[str, Any]:
+          hu_offset: float = HU_OFFSET, tissue_contrast: float = 0.0) -> dict[str, Any]:
     """Train the lesion network and write ``out_path`` (state dict) plus its JSON sidecar.
 
     Parameters
@@ -277,6 +297,8 @@ def train(out_path: Path, *, n_train: int = 96, epochs: int = 30, seed: int = 0,
         Share of patches centred on non-coronary calcium (see :func:`sample_batch`); 0 keeps the original sampling.
     hu_offset:
         Half-range (HU) of the random global HU shift of each patch (see :func:`sample_batch`).
+    tissue_contrast:
+        Half-range (HU) of the random shift of fat, independent of soft tissue's (see :func:`sample_batch`).
 
     The learning rate follows a cosine decay from ``lr`` to 5 % of it over the training's progress, measured as
     the larger of the fraction of steps done and, with ``time_limit_s``, the fraction of the time used.
@@ -326,7 +348,8 @@ def train(out_path: Path, *, n_train: int = 96, epochs: int = 30, seed: int = 0,
                 for group in opt.param_groups:
                     group["lr"] = lr * (0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress_frac))))
                 step += 1
-                x, tgt, w, dm = sample_batch(cases, rng, batch, patch, hard_negatives, hu_offset)
+                x, tgt, w, dm = sample_batch(cases, rng, batch, patch, hard_negatives, hu_offset,
+                                             tissue_contrast)
                 loss, b, d = loss_fn(net(x), tgt, w, dm)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -365,6 +388,7 @@ def train(out_path: Path, *, n_train: int = 96, epochs: int = 30, seed: int = 0,
             "loss": "weighted BCE + soft Dice over the candidate neighbourhood", "seed": seed, "threads": threads,
             "init_from": None if init_from is None else Path(init_from).name, "notes": notes,
             "time_limit_s": time_limit_s, "hard_negatives": hard_negatives, "hu_offset": hu_offset,
+            "tissue_contrast": tissue_contrast,
             "distribution": "noise SD 0-35 HU correlated 0.5-1.5 mm, blur 0-1 mm, slice spacing 1-3.5 mm, "
                             "in-plane 0.6-1.1 mm, 25% re-sampled to 3 mm isotropic, distractors 90%, stents 15%, "
                             "edge cases 15%, 20% without coronary calcium, no contrast",
