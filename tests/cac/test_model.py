@@ -69,6 +69,42 @@ def test_real_lidc_lesions_survive_a_shift_of_the_whole_scan() -> None:
     assert len({values["lesion_count"] for values in found.values()}) == 1
 
 
+def test_run_writes_coded_referenced_seg_and_sr_and_a_lesion_table(tmp_path: Path) -> None:
+    """``medhub run cac`` on its shipped reference series (LIDC 0987): every output of the issue, valid DICOM."""
+    import csv
+
+    import pydicom
+
+    from medhub.cac.scoring import Lesion
+    from medhub.hub.runner import run
+    from tests.io.dicom_sources import dciodvfy_errors
+
+    result = run(_model(), CAC.folder / "reference" / "input", tmp_path / "out").results[0]
+    assert result.ok, result.message
+    source = pydicom.dcmread(next((CAC.folder / "reference" / "input").iterdir()), stop_before_pixels=True)
+    seg = pydicom.dcmread(result.outputs["seg"])
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == source.SeriesInstanceUID
+    segments = {s.SegmentedPropertyTypeCodeSequence[0].CodeValue for s in seg.SegmentSequence}
+    assert segments == {"80891009", "29483008"}  # SNOMED CT heart, calcified atheromatous plaque
+    sr = pydicom.dcmread(result.outputs["sr"])
+
+    def concepts(items: pydicom.Sequence) -> set[str]:
+        found = set()
+        for item in items:
+            found |= {code.CodeValue for code in item.get("ConceptNameCodeSequence", [])}
+            found |= concepts(item.get("ContentSequence", []))
+        return found
+
+    assert {"450360000", "122660", "122661"} <= concepts(sr.ContentSequence)  # Agatston, volume, mass
+    assert dciodvfy_errors(Path(result.outputs["seg"])) == [] and dciodvfy_errors(Path(result.outputs["sr"])) == []
+
+    with open(result.outputs["lesions"], newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert tuple(rows[0]) == Lesion.COLUMNS and len(rows) == result.values["lesion_count"]
+    assert sum(float(r["agatston"]) for r in rows) == pytest.approx(result.values["agatston"])
+    assert json.loads((tmp_path / "out" / "run.json").read_text())["model"]["version"] == _model().card.version
+
+
 def test_abdomen_without_heart_is_refused_not_scored(shared_data: Path, tmp_path: Path) -> None:
     done = run_cli("run", "cac", "--input", str(shared_data / "ct_siemens_example"), "--output", str(tmp_path / "out"))
     assert done.returncode != 0

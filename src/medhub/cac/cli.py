@@ -73,7 +73,7 @@ def score_command(
     lesions_csv: Annotated[Path | None, typer.Option(help="Write the per-lesion table to this CSV.")] = None,
 ) -> None:
     """Agatston, volume and mass calcium scores of CT within MASK."""
-    from medhub.cac.scoring import ScoringConvention, score_volume
+    from medhub.cac.scoring import Lesion, ScoringConvention, score_volume
     from medhub.io.records import to_json, write_csv
 
     if (rod_hu is None) != (rod_density is None):
@@ -93,8 +93,7 @@ def score_command(
     except ValueError as e:
         raise InputError(None, str(e), code="bad-option") from e
     if lesions_csv is not None:
-        write_csv(lesions_csv, [lesion.to_dict() for lesion in result.lesions],
-                  columns=None if result.lesions else ["id"])
+        write_csv(lesions_csv, [lesion.to_dict() for lesion in result.lesions], Lesion.COLUMNS)
     if as_json:
         console.out(to_json({"ct": str(ct), "mask": str(mask), **result.to_dict()}), end="", highlight=False)
         return

@@ -62,7 +62,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from scipy import ndimage
@@ -206,6 +206,12 @@ class Lesion:
     volume_mm3: float
     mass_mg: float | None
     mask_label: int | None = None
+
+    #: Header of the per-lesion table, in :meth:`to_dict`'s order.
+    COLUMNS: ClassVar[tuple[str, ...]] = (
+        "id", "centroid_k", "centroid_j", "centroid_i", "centroid_x_mm", "centroid_y_mm", "centroid_z_mm",
+        "first_slice", "last_slice", "n_voxels", "area_mm2", "peak_hu", "weight", "agatston", "volume_mm3", "mass_mg",
+        "mask_label")
 
     def to_dict(self) -> dict[str, Any]:
         """Flat row for a CSV lesion table."""

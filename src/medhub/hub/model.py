@@ -18,6 +18,14 @@ from medhub.io.volume import Volume
 
 
 @dataclass
+class Table:
+    """A per-case table (e.g. one row per lesion); ``columns`` fixes the header, also when there are no rows."""
+
+    columns: tuple[str, ...]
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
 class Prediction:
     """What a model returns for one case.
 
@@ -32,12 +40,15 @@ class Prediction:
         Things the user should know about this case (e.g. a reported gap); they go into the run record.
     extra:
         Model-specific details to keep in the JSON record (must be JSON-serialisable).
+    tables:
+        Per-case tables by name; the runner writes each as ``<name>.csv`` beside ``results.json``.
     """
 
     labels: np.ndarray | None = None
     values: dict[str, float | str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+    tables: dict[str, Table] = field(default_factory=dict)
 
 
 @runtime_checkable

@@ -225,6 +225,9 @@ def run_case(
             records.write_json(staging / "results.json", record)
             records.write_csv(staging / "results.csv", [_csv_row(result)])
             result.outputs["json"] = str(output / case.id / "results.json")
+            for name, table in prediction.tables.items():
+                records.write_csv(staging / f"{name}.csv", table.rows, table.columns)
+                result.outputs[name] = str(output / case.id / f"{name}.csv")
         _publish(staging, output / case.id)
         staging = None
         timings["write"] = round(time.perf_counter() - t, 3)

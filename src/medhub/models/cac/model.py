@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
 
-from medhub.cac.scoring import ScoringConvention, score_calcium
+from medhub.cac.scoring import Lesion, ScoringConvention, score_calcium
 from medhub.errors import InputError
-from medhub.hub.model import FolderModel, Prediction
+from medhub.hub.model import FolderModel, Prediction, Table
 from medhub.io.orientation import canonical_volume, undo_canonical
 from medhub.io.volume import Volume
 from medhub.masks import crop_box
@@ -122,6 +122,7 @@ class CAC(FolderModel):
                              "soft_tissue_hu": round(tissue_hu, 1) if np.isfinite(tissue_hu) else None,
                              "noise_sd_hu": round(noise_sd, 1) if np.isfinite(noise_sd) else None,
                              **heart.info}},
+            tables={"lesions": Table(Lesion.COLUMNS, [lesion.to_dict() for lesion in score.lesions])},
         )
 
 
