@@ -122,6 +122,23 @@ def _phantom_volume(**kw) -> tuple[Volume, object]:
     return Volume(ph.hu, ph.affine, modality="CT"), ph
 
 
+def test_thick_slices_and_a_single_image_are_refused_with_the_reason(tmp_path: Path) -> None:
+    import shutil
+
+    from medhub.hub.runner import run
+    from medhub.synth.cac_phantom import write_cac_phantom
+
+    thick = make_cac_phantom(4, shape=(24, 128, 128), spacing=(6.0, 2.0, 2.0), n_plaques=1)
+    series = write_cac_phantom(thick, tmp_path / "thick", nifti=False)["dicom"]
+    single = tmp_path / "localizer"
+    single.mkdir()
+    shutil.copy(next(series.iterdir()), single)
+    for folder, code, words in ((series, "bad-spacing", "slice spacing 6 mm"), (single, "too-few-slices", "1 slice")):
+        result = run(_model(), folder, tmp_path / f"out-{code}").results[0]
+        assert (result.status, result.reason_code) == ("failed", code) and words in result.message
+        assert not (tmp_path / f"out-{code}" / result.case_id).exists()  # nothing half-written
+
+
 def test_contrast_phantom_is_refused() -> None:
     volume, _ = _phantom_volume(contrast=True, n_plaques=2)
     with pytest.raises(InputError) as err:
