@@ -13,8 +13,9 @@ the 200/300/400 HU bin edges, partial volume shrinking faint plaques) rather tha
     python benchmarks/cac_phantoms.py [--n 60] [--csv benchmarks/cac_heldout_phantoms.csv] [--validation]
                                       [--grid-mm 3] [--imaged-truth]
 
-``--validation`` draws from the training seed range but from seeds no training stage used (5000 onwards), for
-choosing settings without looking at the held-out set. ``--grid-mm 3`` resamples each phantom as DeepCAC's
+``--validation`` draws from the training seed range but from seeds no training stage used (5000 onwards, or
+``--first-seed``), for choosing settings without looking at the held-out set. ``--no-calcium`` draws phantoms without
+coronary plaques or contrast, to count false scores. ``--grid-mm 3`` resamples each phantom as DeepCAC's
 localisation step resampled the shared LIDC cases (isotropic 3 mm; linear for HU, nearest neighbour for the masks)
 before the model sees it: what the held-back real acceptance cases look like. The truth stays the analytic score of
 the full-resolution geometry; the ceiling is the resampled true mask on the resampled image. ``--imaged-truth`` adds
@@ -83,14 +84,17 @@ def on_isotropic_grid(volume: Volume, masks: list[np.ndarray], grid_mm: float
 
 
 def evaluate(n: int, psf_sigma_mm: tuple[float, float] = CLINICAL_PSF_SIGMA_MM, validation: bool = False,
-             grid_mm: float | None = None, imaged_truth: bool = False, weights: Path | None = None) -> list[dict]:
+             grid_mm: float | None = None, imaged_truth: bool = False, weights: Path | None = None,
+             no_calcium: bool = False, first_seed: int = VALIDATION_FIRST_SEED) -> list[dict]:
     model = CAC()
     if weights is not None:  # a trial network instead of the shipped one
         model = type("TrialCAC", (CAC,), {"weights_path": Path(weights)})()
     rows = []
-    seeds = range(VALIDATION_FIRST_SEED, VALIDATION_FIRST_SEED + n) if validation else list(HELD_OUT_SEEDS)[:n]
+    seeds = range(first_seed, first_seed + n) if validation else list(HELD_OUT_SEEDS)[:n]
     for seed in seeds:
         params = random_phantom_params(seed, held_out=not validation, psf_sigma_mm=psf_sigma_mm)
+        if no_calcium:
+            params.update(n_plaques=0, contrast=False)
         phantom = make_cac_phantom(**params)
         truth = phantom.truth["totals"][TRUTH_CONVENTION]
         flags = phantom.truth.get("flags", {})
@@ -160,11 +164,16 @@ def main() -> None:
                         help="resample each phantom to this isotropic spacing first (3: DeepCAC's LIDC grid)")
     parser.add_argument("--imaged-truth", action="store_true",
                         help="also compare with the true mask scored on the phantom imaged without noise")
+    parser.add_argument("--first-seed", type=int, default=VALIDATION_FIRST_SEED,
+                        help="with --validation: first seed of the draws")
+    parser.add_argument("--no-calcium", action="store_true",
+                        help="no coronary plaques and no contrast (distractors, stents and noise as drawn): "
+                             "measures false scores")
     parser.add_argument("--weights", type=Path, default=None,
                         help="lesion-network weights to try instead of the shipped ones (e.g. from medhub cac train)")
     args = parser.parse_args()
     rows = evaluate(args.n, STRESS_PSF_SIGMA_MM if args.stress else CLINICAL_PSF_SIGMA_MM, args.validation,
-                    args.grid_mm, args.imaged_truth, args.weights)
+                    args.grid_mm, args.imaged_truth, args.weights, args.no_calcium, args.first_seed)
     write_csv(args.csv, rows)
     ours = summarise(rows, "agatston", "category")
     naive = summarise(rows, "naive_agatston", "naive_category")
