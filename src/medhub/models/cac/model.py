@@ -10,7 +10,7 @@ Pipeline on a :class:`~medhub.io.volume.Volume` (HU, LPS), viewed in canonical o
 4. coronary calcium inside the dilated heart region by the 3D U-Net (:mod:`.lesions`; a lesion mostly outside the
    heart mask itself needs a confident network), each lesion cut slice by slice at its half-maximum HU to undo the
    PSF's spread of dense calcium; lesions touching lung are dropped (pulmonary), and so are specks that noise
-   alone explains (under 3 mm² and under 4 noise SDs above the heart's soft tissue);
+   alone explains (under 4 mm² and under 4.5 noise SDs above the heart's soft tissue);
 5. scores with :func:`medhub.cac.scoring.score_calcium` in the "mapped" convention (lesion mask ∩ >= 130 HU,
    2D 8-connected lesions, minimum area 1 mm², Δz = real slice spacing).
 """
