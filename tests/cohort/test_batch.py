@@ -287,6 +287,16 @@ def test_release_layout_tables_dictionary_summary_and_reproducible_sample(faulty
         dictionary = {r["column"]: r for r in csv.DictReader(handle)}
     assert set(dictionary) == set(table[0]) and dictionary["peak_rss_mib"]["unit"] == "MiB"
     assert "0 / 1-99 / 100-399 / >=400" in (tmp_path / "rel" / "data_dictionary.md").read_text()
+    # the model's per-scan tables, concatenated over the successful scans with their identifiers
+    dense = pq.read_table(tmp_path / "rel" / "dense_slices.parquet").to_pylist()
+    per_case = {}
+    for case_id in {r["case_id"] for r in table if r["status"] == "ok"}:
+        with (tmp_path / "out" / "run-1" / case_id / "dense_slices.csv").open() as handle:
+            per_case[case_id] = sum(int(r["voxels"]) for r in csv.DictReader(handle))
+    assert {r["case_id"] for r in dense} <= set(per_case) and all(isinstance(r["voxels"], float) for r in dense)
+    assert {c: sum(r["voxels"] for r in dense if r["case_id"] == c) for c in per_case} == per_case
+    assert all(r["series_instance_uid"] for r in dense)
+    assert "`dense_slices.parquet`" in (tmp_path / "rel" / "data_dictionary.md").read_text()
     import json
 
     summary = json.loads((tmp_path / "rel" / "summary.json").read_text())

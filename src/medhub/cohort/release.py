@@ -4,6 +4,8 @@ The release folder holds::
 
     scans/<patient>/<study-uid>/<series-uid>/seg.dcm, sr.dcm   per-scan DICOM SEG and SR (successful scans)
     metadata.parquet, metadata.csv                              one row per scan, failures included
+    <table>.parquet, <table>.csv                                the model's per-scan tables (e.g. cac's lesions),
+                                                                concatenated, with the scan's identifiers
     data_dictionary.csv, data_dictionary.md                     every column: type, unit, meaning; conventions
     summary.json, summary.md                                    counts per risk category, failures by reason
     release.json                                                model, weights sha256, run, sample, time
@@ -135,6 +137,51 @@ def _copy_scan_files(row: dict[str, Any], case_folder: Path, staging: Path, used
     return copied
 
 
+def _table_names(rows: list[dict[str, Any]]) -> list[str]:
+    """Names of the per-scan tables (``Prediction.tables``) that successful scans wrote."""
+    from medhub.hub.runner import OUTPUT_KINDS
+
+    return sorted({name for row in rows if row["status"] == OK for name in (row.get("outputs") or {})
+                   if name not in OUTPUT_KINDS})
+
+
+def _gather_table(name: str, rows: list[dict[str, Any]], case_folder: Any
+                  ) -> tuple[list[tuple[str, str, str, str]], list[dict[str, Any]]]:
+    """One table from every successful scan's ``<name>.csv``, each row prefixed with the scan's identifiers.
+    A column is float when every non-empty value of it parses as a number, else string."""
+    import csv
+
+    header: list[str] = []
+    table_rows: list[dict[str, Any]] = []
+    for row in rows:
+        path = case_folder(row) / f"{name}.csv"
+        if row["status"] != OK or name not in (row.get("outputs") or {}):
+            continue
+        if not path.is_file():
+            raise InputError(path, f"output of case {row['case_id']} is missing; the run folder was changed after "
+                             "the batch", code="missing-output")
+        with path.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            header += [c for c in reader.fieldnames or [] if c not in header]
+            ids = {k: row.get(k) or "" for k, *_ in _ID_COLUMNS[:4]}
+            table_rows += [{**ids, **record} for record in reader]
+
+    def kind(column: str) -> str:
+        try:
+            [float(r[column]) for r in table_rows if r.get(column) not in (None, "")]
+        except ValueError:
+            return "string"
+        return "float"
+
+    columns = list(_ID_COLUMNS[:4]) + [(c, kind(c), "", f"column of the model's per-scan {name} table")
+                                       for c in header]
+    for record in table_rows:
+        for column, k, *_ in columns:
+            if k == "float" and record.get(column) not in (None, ""):
+                record[column] = float(record[column])
+    return columns, table_rows
+
+
 def _write_parquet(path: Path, table_rows: list[dict[str, Any]], columns: list[tuple[str, str, str, str]]) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -175,11 +222,16 @@ def _summary(rows: list[dict[str, Any]], value_names: set[str]) -> dict[str, Any
     return summary
 
 
-def _dictionary_markdown(columns: list[tuple[str, str, str, str]], run: RunInfo, conventions: list[str]) -> str:
+def _dictionary_markdown(columns: list[tuple[str, str, str, str]], run: RunInfo, conventions: list[str],
+                         tables: dict[str, int] | None = None) -> str:
     lines = [f"# Data dictionary: {run.model_id} {run.model_version}", "",
              "`metadata.parquet` and `metadata.csv` hold one row per scan. Units are UCUM; a unit in braces "
-             "(`{score}`, `{category}`) is a count or label without a physical unit.", "",
-             "| column | type | unit | meaning |", "| --- | --- | --- | --- |"]
+             "(`{score}`, `{category}`) is a count or label without a physical unit.", ""]
+    for name, n in (tables or {}).items():
+        lines += [f"`{name}.parquet` and `{name}.csv` ({n} rows) concatenate the model's per-scan `{name}` table "
+                  "(see the model's documentation), each row led by its scan's patient, study, series and case id.",
+                  ""]
+    lines += ["| column | type | unit | meaning |", "| --- | --- | --- | --- |"]
     lines += [f"| {n} | {k} | {u} | {d} |" for n, k, u, d in columns]
     category = next((d for n, _, _, d in columns if n == "risk_category"), None)
     lines += ["", "## Conventions", ""]
@@ -290,9 +342,17 @@ def _build(staging: Path, run: RunInfo, rows: list[dict[str, Any]], run_dir: str
     records.write_csv(staging / "metadata.csv", table_rows, columns=names)
     records.write_csv(staging / "data_dictionary.csv",
                       [dict(zip(("column", "type", "unit", "description"), c, strict=True)) for c in columns])
+    tables = {}
+    for name in _table_names(rows):
+        table_columns, table_rows = _gather_table(name, sorted(rows, key=lambda r: r["case_id"]),
+                                                  lambda r: Path(run_dir) / run.output_dir / r["case_id"])
+        _write_parquet(staging / f"{name}.parquet", table_rows, table_columns)
+        records.write_csv(staging / f"{name}.csv", table_rows, columns=[c[0] for c in table_columns])
+        tables[name] = len(table_rows)
     conventions = sorted({str(r["values"]["scoring_convention"]) for r in rows
                           if r["values"] and "scoring_convention" in r["values"]})
-    (staging / "data_dictionary.md").write_text(_dictionary_markdown(columns, run, conventions), encoding="utf-8")
+    (staging / "data_dictionary.md").write_text(_dictionary_markdown(columns, run, conventions, tables),
+                                                encoding="utf-8")
     summary = _summary(rows, {c[0] for c in value_columns})
     records.write_json(staging / "summary.json", summary)
     (staging / "summary.md").write_text(_summary_markdown(summary, run), encoding="utf-8")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medhub.hub.model import FolderModel, Prediction
+from medhub.hub.model import FolderModel, Prediction, Table
 from medhub.io.volume import Volume
 
 DENSE_HU = 130
@@ -54,4 +54,7 @@ class FaultyThreshold(FolderModel):
         labels = (volume.array >= DENSE_HU).astype(np.uint8)
         score = float(labels.sum()) * float(np.prod(volume.spacing))
         _log("end", uid)
-        return Prediction(labels=labels, values={"agatston": round(score, 3), "risk_category": _category(score)})
+        per_slice = labels.sum(axis=(1, 2))
+        dense = Table(("slice", "voxels"), [{"slice": int(k), "voxels": int(n)} for k, n in enumerate(per_slice) if n])
+        return Prediction(labels=labels, values={"agatston": round(score, 3), "risk_category": _category(score)},
+                          tables={"dense_slices": dense})
