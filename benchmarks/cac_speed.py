@@ -4,8 +4,9 @@ The issue's budget is 10 s per scan on 1 core (`OMP_NUM_THREADS=1`), towards NLS
 6 hours on one 64-core node). Two measures, each in a subprocess with OMP/MKL/torch threads pinned to 1 and its CPU
 affinity set to one core, file cache warm:
 
-* **one-off CLI**: `medhub run cac` as a fresh process (three times after one untimed run), so Python start-up, imports (torch alone is 2-3 s) and every
-  library's first-call set-up are included; wall time and peak RSS of the process.
+* **one-off CLI**: `medhub run cac` as a fresh process (three times after one untimed run), so Python start-up,
+  imports (torch alone is 2-3 s) and every library's first-call set-up are included; wall time and peak RSS of
+  the process.
 * **per scan in a running worker**: the same `medhub.hub.runner.run` call repeated in one process after one untimed
   scan; this is what each scan costs in `medhub batch`, where a worker process handles many scans.
 
