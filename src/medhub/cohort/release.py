@@ -23,6 +23,7 @@ import re
 import shutil
 import statistics
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,8 @@ _ID_COLUMNS: list[tuple[str, str, str, str]] = [
     ("reason_code", "string", "", "Machine-readable failure reason (empty when ok), e.g. heart-not-found, timeout"),
     ("message", "string", "", "One-line failure message naming the file or series (empty when ok)"),
 ]
+#: The columns that identify a scan (patient, study, series, case); they lead every row of the per-scan tables.
+_SCAN_ID_COLUMNS = _ID_COLUMNS[:4]
 _TAIL_COLUMNS: list[tuple[str, str, str, str]] = [
     ("seg_file", "string", "", "DICOM SEG of this scan, relative to the release folder (empty if none)"),
     ("sr_file", "string", "", "DICOM SR of this scan, relative to the release folder (empty if none)"),
@@ -145,7 +148,7 @@ def _table_names(rows: list[dict[str, Any]]) -> list[str]:
                    if name not in OUTPUT_KINDS})
 
 
-def _gather_table(name: str, rows: list[dict[str, Any]], case_folder: Any
+def _gather_table(name: str, rows: list[dict[str, Any]], case_folder: Callable[[dict[str, Any]], Path]
                   ) -> tuple[list[tuple[str, str, str, str]], list[dict[str, Any]]]:
     """One table from every successful scan's ``<name>.csv``, each row prefixed with the scan's identifiers.
     A column is float when every non-empty value of it parses as a number, else string."""
@@ -163,7 +166,7 @@ def _gather_table(name: str, rows: list[dict[str, Any]], case_folder: Any
         with path.open(newline="", encoding="utf-8") as handle:
             reader = csv.DictReader(handle)
             header += [c for c in reader.fieldnames or [] if c not in header]
-            ids = {k: row.get(k) or "" for k, *_ in _ID_COLUMNS[:4]}
+            ids = {k: row.get(k) or "" for k, *_ in _SCAN_ID_COLUMNS}
             table_rows += [{**ids, **record} for record in reader]
 
     def kind(column: str) -> str:
@@ -173,7 +176,7 @@ def _gather_table(name: str, rows: list[dict[str, Any]], case_folder: Any
             return "string"
         return "float"
 
-    columns = list(_ID_COLUMNS[:4]) + [(c, kind(c), "", f"column of the model's per-scan {name} table")
+    columns = _SCAN_ID_COLUMNS + [(c, kind(c), "", f"column of the model's per-scan {name} table")
                                        for c in header]
     for record in table_rows:
         for column, k, *_ in columns:
