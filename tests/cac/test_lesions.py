@@ -248,7 +248,8 @@ def test_patches_are_shifted_by_up_to_hu_offset() -> None:
 
 
 def test_tissue_contrast_moves_fat_and_soft_tissue_but_not_calcium_or_air() -> None:
-    from medhub.models.cac.train import FAT_HU, SOFT_TISSUE_HU, remap_tissue_contrast
+    from medhub.models.cac.lesions import SOFT_TISSUE_REFERENCE_HU as SOFT_TISSUE_HU
+    from medhub.models.cac.train import FAT_HU, remap_tissue_contrast
 
     hu = np.array([-1500.0, -1000.0, FAT_HU, SOFT_TISSUE_HU, 129.0, 130.0, 400.0], np.float32)
     moved = remap_tissue_contrast(hu, fat_shift_hu=25.0, soft_shift_hu=-10.0)

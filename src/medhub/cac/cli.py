@@ -270,6 +270,8 @@ def phantom_command(
 ) -> None:
     """Write a synthetic chest CT phantom with coronary plaques (DICOM series, NIfTI) and its analytic truth."""
     from medhub.synth.cac_phantom import (
+        DEFAULT_SHAPE,
+        DEFAULT_SPACING_MM,
         HELD_OUT_SEEDS,
         make_cac_phantom,
         random_phantom_params,
@@ -280,8 +282,8 @@ def phantom_command(
         params: dict = random_phantom_params(seed, held_out=seed in HELD_OUT_SEEDS) if draw else {"seed": seed}
     except ValueError as e:  # the seed belongs to neither the training nor the held-out draws
         raise InputError(None, f"--draw: {e}", code="bad-option") from e
-    shape = list(params.get("shape", (96, 192, 192)))
-    spacing = list(params.get("spacing", (2.5, 1.5, 1.5)))
+    shape = list(params.get("shape", DEFAULT_SHAPE))
+    spacing = list(params.get("spacing", DEFAULT_SPACING_MM))
     if slices is not None:
         shape[0] = slices
     if size is not None:

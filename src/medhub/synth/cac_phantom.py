@@ -523,8 +523,12 @@ def _grid_for(shape: tuple[int, int, int], spacing: tuple[float, float, float],
     return OffsetGrid(shape, spacing, tuple(offset))  # type: ignore[arg-type]
 
 
-def make_cac_phantom(seed: int, *, shape: tuple[int, int, int] = (96, 192, 192),
-                     spacing: tuple[float, float, float] = (2.5, 1.5, 1.5), slice_thickness_mm: float | None = None,
+#: Default phantom grid: ``(slices, rows, columns)`` and ``(slice spacing, row, column)`` mm.
+DEFAULT_SHAPE, DEFAULT_SPACING_MM = (96, 192, 192), (2.5, 1.5, 1.5)
+
+
+def make_cac_phantom(seed: int, *, shape: tuple[int, int, int] = DEFAULT_SHAPE,
+                     spacing: tuple[float, float, float] = DEFAULT_SPACING_MM, slice_thickness_mm: float | None = None,
                      noise_sd: float = 0.0, noise_corr_mm: float = 1.0, blur_mm: float = 0.0,
                      n_plaques: int | None = None, distractors: bool = True, stent: bool = False,
                      contrast: bool = False, edge_cases: bool = False,

@@ -36,6 +36,7 @@ from medhub.masks import dilate_mm
 from medhub.models.cac.lesions import (
     CANDIDATE_HU,
     DEFAULT_NET,
+    SOFT_TISSUE_REFERENCE_HU,
     WORK_SPACING_MM,
     antialias,
     hu_channels,
@@ -185,19 +186,21 @@ def _crop(array: np.ndarray, centre: np.ndarray, size: int, fill: float) -> np.n
 
 #: Default half-range (HU) of the global HU offset added to each training patch.
 HU_OFFSET = 8.0
-#: Fat and soft-tissue levels (HU) of the phantoms that :func:`remap_tissue_contrast` moves.
-FAT_HU, SOFT_TISSUE_HU = -100.0, 40.0
+#: Fat level (HU) of the phantoms that :func:`remap_tissue_contrast` moves (with their soft tissue,
+#: :data:`~medhub.models.cac.lesions.SOFT_TISSUE_REFERENCE_HU`).
+FAT_HU = -100.0
 
 
 def remap_tissue_contrast(hu: np.ndarray, fat_shift_hu: float, soft_shift_hu: float) -> np.ndarray:
     """``hu`` with fat moved by ``fat_shift_hu`` and soft tissue by ``soft_shift_hu``, calcium untouched.
 
-    A monotone piecewise-linear map through (-1000, -1000), (:data:`FAT_HU`, + fat shift), (:data:`SOFT_TISSUE_HU`,
-    + soft shift) and (:data:`~medhub.models.cac.lesions.CANDIDATE_HU`, unchanged); identity outside -1000 to
-    130 HU. The phantoms give each tissue one HU, real scans do not (epicardial fat at 3 mm reads anywhere from
-    -120 to -50 HU), while the Agatston threshold is absolute.
+    A monotone piecewise-linear map through (-1000, -1000), (:data:`FAT_HU`, + fat shift),
+    (:data:`~medhub.models.cac.lesions.SOFT_TISSUE_REFERENCE_HU`, + soft shift) and
+    (:data:`~medhub.models.cac.lesions.CANDIDATE_HU`, unchanged); identity outside -1000 to 130 HU. The phantoms
+    give each tissue one HU, while on real scans fat and soft tissue vary with the patient, the scanner and partial
+    volume; the Agatston threshold is absolute.
     """
-    knots = np.array([-1000.0, FAT_HU, SOFT_TISSUE_HU, CANDIDATE_HU])
+    knots = np.array([-1000.0, FAT_HU, SOFT_TISSUE_REFERENCE_HU, CANDIDATE_HU])
     moved = knots + np.array([0.0, fat_shift_hu, soft_shift_hu, 0.0])
     inside = (hu > knots[0]) & (hu < knots[-1])
     return np.where(inside, np.interp(hu, knots, moved), hu).astype(np.float32)
