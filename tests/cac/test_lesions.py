@@ -248,12 +248,12 @@ def test_patches_are_shifted_by_up_to_hu_offset() -> None:
 
 
 def test_tissue_contrast_moves_fat_and_soft_tissue_but_not_calcium_or_air() -> None:
-    from medhub.models.cac.lesions import SOFT_TISSUE_REFERENCE_HU as SOFT_TISSUE_HU
+    from medhub.models.cac.lesions import SOFT_TISSUE_REFERENCE_HU
     from medhub.models.cac.train import FAT_HU, remap_tissue_contrast
 
-    hu = np.array([-1500.0, -1000.0, FAT_HU, SOFT_TISSUE_HU, 129.0, 130.0, 400.0], np.float32)
+    hu = np.array([-1500.0, -1000.0, FAT_HU, SOFT_TISSUE_REFERENCE_HU, 129.0, 130.0, 400.0], np.float32)
     moved = remap_tissue_contrast(hu, fat_shift_hu=25.0, soft_shift_hu=-10.0)
-    assert moved[2] == FAT_HU + 25.0 and moved[3] == SOFT_TISSUE_HU - 10.0
+    assert moved[2] == FAT_HU + 25.0 and moved[3] == SOFT_TISSUE_REFERENCE_HU - 10.0
     assert np.array_equal(moved[[0, 1, 5, 6]], hu[[0, 1, 5, 6]])  # air and Agatston's calcium stay absolute
     assert 120.0 < moved[4] < 130.0  # continuous up to the threshold
     dense = np.linspace(-1200, 600, 1801, dtype=np.float32)

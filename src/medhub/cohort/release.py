@@ -23,7 +23,6 @@ import re
 import shutil
 import statistics
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -114,6 +113,11 @@ def _sample(rows: list[dict[str, Any]], sample: int | None, seed: int) -> list[d
     return [row for row in rows if (row["patient_id"] or row["case_id"]) in chosen]
 
 
+def _missing_output(path: Path, row: dict[str, Any]) -> InputError:
+    return InputError(path, f"output of case {row['case_id']} is missing; the run folder was changed after the "
+                      "batch", code="missing-output")
+
+
 def _copy_scan_files(row: dict[str, Any], case_folder: Path, staging: Path, used: set[str]) -> dict[str, str]:
     """Copy the scan's SEG and SR from ``case_folder`` into ``scans/<patient>/<study>/<series>/``; return their
     paths relative to the release."""
@@ -131,8 +135,7 @@ def _copy_scan_files(row: dict[str, Any], case_folder: Path, staging: Path, used
     copied = {}
     for kind, source in files.items():
         if not source.is_file():
-            raise InputError(source, f"output of case {row['case_id']} is missing; the run folder was changed "
-                             "after the batch", code="missing-output")
+            raise _missing_output(source, row)
         target = staging / folder / source.name
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, target)
@@ -148,21 +151,21 @@ def _table_names(rows: list[dict[str, Any]]) -> list[str]:
                    if name not in OUTPUT_KINDS})
 
 
-def _gather_table(name: str, rows: list[dict[str, Any]], case_folder: Callable[[dict[str, Any]], Path]
+def _gather_table(name: str, rows: list[dict[str, Any]], cases_dir: Path
                   ) -> tuple[list[tuple[str, str, str, str]], list[dict[str, Any]]]:
-    """One table from every successful scan's ``<name>.csv``, each row prefixed with the scan's identifiers.
-    A column is float when every non-empty value of it parses as a number, else string."""
+    """One table from every successful scan's ``cases_dir/<case-id>/<name>.csv``, in the order of ``rows``, each
+    row prefixed with the scan's identifiers. A column is float when every non-empty value of it parses as a
+    number, else string."""
     import csv
 
     header: list[str] = []
     table_rows: list[dict[str, Any]] = []
     for row in rows:
-        path = case_folder(row) / f"{name}.csv"
         if row["status"] != OK or name not in (row.get("outputs") or {}):
             continue
+        path = cases_dir / row["case_id"] / f"{name}.csv"
         if not path.is_file():
-            raise InputError(path, f"output of case {row['case_id']} is missing; the run folder was changed after "
-                             "the batch", code="missing-output")
+            raise _missing_output(path, row)
         with path.open(newline="", encoding="utf-8") as handle:
             reader = csv.DictReader(handle)
             header += [c for c in reader.fieldnames or [] if c not in header]
@@ -334,9 +337,11 @@ def _build(staging: Path, run: RunInfo, rows: list[dict[str, Any]], run_dir: str
     columns = _ID_COLUMNS + value_columns + _TAIL_COLUMNS
     used: set[str] = set()
     table_rows = []
-    for row in sorted(rows, key=lambda r: (r["patient_id"] or "", r["study_instance_uid"] or "",
-                                           r["series_instance_uid"] or "", r["case_id"])):
-        copied = _copy_scan_files(row, Path(run_dir) / run.output_dir / row["case_id"], staging, used)
+    cases_dir = Path(run_dir) / run.output_dir
+    rows = sorted(rows, key=lambda r: (r["patient_id"] or "", r["study_instance_uid"] or "",
+                                       r["series_instance_uid"] or "", r["case_id"]))
+    for row in rows:
+        copied = _copy_scan_files(row, cases_dir / row["case_id"], staging, used)
         table_rows.append({**{k: row.get(k) or "" for k, *_ in _ID_COLUMNS}, **(row["values"] or {}),
                            "seg_file": copied.get("seg", ""), "sr_file": copied.get("sr", ""),
                            **{k: row.get(k) for k, *_ in _TAIL_COLUMNS if k not in ("seg_file", "sr_file")}})
@@ -347,8 +352,7 @@ def _build(staging: Path, run: RunInfo, rows: list[dict[str, Any]], run_dir: str
                       [dict(zip(("column", "type", "unit", "description"), c, strict=True)) for c in columns])
     tables = {}
     for name in _table_names(rows):
-        table_columns, table_rows = _gather_table(name, sorted(rows, key=lambda r: r["case_id"]),
-                                                  lambda r: Path(run_dir) / run.output_dir / r["case_id"])
+        table_columns, table_rows = _gather_table(name, rows, cases_dir)
         _write_parquet(staging / f"{name}.parquet", table_rows, table_columns)
         records.write_csv(staging / f"{name}.csv", table_rows, columns=[c[0] for c in table_columns])
         tables[name] = len(table_rows)
