@@ -112,6 +112,25 @@ def _local_worker_main(connection: Connection, parent_pid: int, model_id: str) -
         connection.send(execute_task(task))
 
 
+class _WorkerPool:
+    """What both pools share: a list of workers, each with the ``task`` it runs (``None`` when idle)."""
+
+    _workers: list[Any]
+
+    def _replace(self, worker: Any) -> None:
+        raise NotImplementedError
+
+    def free_slots(self) -> int:
+        return sum(w.task is None for w in self._workers)
+
+    def _idle_worker(self) -> Any:
+        return next(w for w in self._workers if w.task is None)
+
+    def kill(self, case_id: str) -> None:
+        worker = next(w for w in self._workers if w.task is not None and w.task.case_id == case_id)
+        self._replace(worker)
+
+
 @dataclass(eq=False)  # identity: workers are dict keys and list.index() targets
 class _LocalWorker:
     process: Any  # multiprocessing.Process (the context's class)
@@ -121,7 +140,7 @@ class _LocalWorker:
     started: float = field(default=0.0)
 
 
-class LocalPool:
+class LocalPool(_WorkerPool):
     """``slots`` worker processes on this machine.
 
     On Linux the workers are forked from the coordinator, which has already imported the model: a new worker
@@ -165,11 +184,8 @@ class LocalPool:
         warm_up(self.model_id)  # here, before forking, so every worker inherits what it loaded
         self._workers = [self._spawn() for _ in range(self.slots)]
 
-    def free_slots(self) -> int:
-        return sum(w.task is None for w in self._workers)
-
     def submit(self, task: CaseTask) -> str:
-        worker = next(w for w in self._workers if w.task is None)
+        worker = self._idle_worker()
         worker.connection.send(task)
         worker.task, worker.started = task, time.monotonic()
         return worker.name
@@ -212,10 +228,6 @@ class LocalPool:
             self._replace(worker)
         return finished
 
-    def kill(self, case_id: str) -> None:
-        worker = next(w for w in self._workers if w.task is not None and w.task.case_id == case_id)
-        self._replace(worker)
-
     def close(self) -> None:
         for worker in self._workers:
             if worker.task is None:
@@ -241,7 +253,7 @@ class _RayWorker:
     started: float = 0.0
 
 
-class RayPool:
+class RayPool(_WorkerPool):
     """``slots`` Ray actors, each one CPU, on the cluster at ``address`` or on a local Ray started here.
 
     Output folders must be on a file system that every node sees at the same path (as on any HPC cluster).
@@ -290,11 +302,8 @@ class RayPool:
                               f"{' '.join(str(e).split())[:500]}", code="worker-start") from e
         return _RayWorker(actor=actor, name=name)
 
-    def free_slots(self) -> int:
-        return sum(w.task is None for w in self._workers)
-
     def submit(self, task: CaseTask) -> str:
-        worker = next(w for w in self._workers if w.task is None)
+        worker = self._idle_worker()
         worker.ref = worker.actor.run.remote(task)
         worker.task, worker.started = task, time.monotonic()
         return worker.name
@@ -341,10 +350,6 @@ class RayPool:
             finished.append(Finished(task, outcome))
             self._replace(worker)
         return finished
-
-    def kill(self, case_id: str) -> None:
-        worker = next(w for w in self._workers if w.task is not None and w.task.case_id == case_id)
-        self._replace(worker)
 
     def close(self) -> None:
         import ray
