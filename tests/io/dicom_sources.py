@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
 
 from medhub.hub.card import Code, ModelCard, SegmentSpec, ValueSpec, Weights
 from medhub.io.volume import DicomSource, Volume, affine_from_dicom
+from medhub.synth.dicom_series import write_series
 
 #: The real, badly de-identified Siemens series (``../shared/data`` beside the clone), see its README.
 from tests.conftest import SHARED_DATA
@@ -45,74 +47,32 @@ TYPE2_DROPPED = (
 def write_ct_series(
     folder: Path, slices: int = 12, rows: int = 64, columns: int = 64, *, damaged: bool = False
 ) -> list[Path]:
-    """Write a CT Image Storage series, one file per slice; return the paths in slice order.
+    """Write a CT Image Storage series (:func:`medhub.synth.dicom_series.write_series`), one file per slice;
+    return the paths in slice order.
 
     ``damaged`` mimics the real example in ``shared/data/ct_siemens_example``: Study/Series/SOP Instance UIDs
-    and SOP Class UID present but empty (the file meta keeps the SOP identifiers), and the Type 2 attributes
-    in :data:`TYPE2_DROPPED` missing altogether.
+    and SOP Class UID present but empty (the file meta keeps the SOP identifiers), the Type 2 attributes in
+    :data:`TYPE2_DROPPED` missing altogether, and file names without an extension.
     """
-    folder.mkdir(parents=True, exist_ok=True)
-    study_uid = generate_uid(entropy_srcs=[str(folder), "study"])
-    series_uid = generate_uid(entropy_srcs=[str(folder), "series"])
-    frame_uid = generate_uid(entropy_srcs=[str(folder), "frame"])
-    rng = np.random.default_rng(0)
-    paths = []
-    for k in range(slices):
-        sop_uid = generate_uid(entropy_srcs=[str(folder), "sop", str(k)])
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CTImageStorage
-        meta.MediaStorageSOPInstanceUID = sop_uid
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SpecificCharacterSet = "ISO_IR 100"
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-        ds.SOPClassUID = "" if damaged else CTImageStorage
-        ds.SOPInstanceUID = "" if damaged else sop_uid
-        ds.StudyDate = "20240131"
-        ds.StudyTime = "101500"
-        ds.SeriesDate = "20240131"
-        ds.SeriesTime = "101700"
-        ds.ContentDate = "20240131"
-        ds.ContentTime = "101800"
-        ds.AccessionNumber = "ACC123"
-        ds.Modality = "CT"
-        ds.Manufacturer = "Synthetic"
-        ds.ReferringPhysicianName = "Doe^Jane"
-        ds.PatientName = "Test^Patient"
-        ds.PatientID = "P001"
-        ds.PatientBirthDate = "19600101"
-        ds.PatientSex = "O"
-        ds.StudyInstanceUID = "" if damaged else study_uid
-        ds.SeriesInstanceUID = "" if damaged else series_uid
-        ds.StudyID = "S1"
-        ds.SeriesNumber = 3
-        ds.InstanceNumber = k + 1
-        ds.FrameOfReferenceUID = frame_uid
-        ds.PositionReferenceIndicator = ""
-        ds.ImagePositionPatient = [ORIGIN[0], ORIGIN[1], ORIGIN[2] + SLICE_MM * k]
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.SliceThickness = SLICE_MM
-        ds.PixelSpacing = [PIXEL_MM, PIXEL_MM]
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.Rows = rows
-        ds.Columns = columns
-        ds.BitsAllocated = 16
-        ds.BitsStored = 16
-        ds.HighBit = 15
-        ds.PixelRepresentation = 1
-        ds.RescaleIntercept = 0
-        ds.RescaleSlope = 1
-        ds.KVP = 120
-        ds.PixelData = rng.integers(-1000, 400, (rows, columns), dtype=np.int16).tobytes()
-        if damaged:
-            for keyword in TYPE2_DROPPED:
+    values = np.random.default_rng(0).integers(-1000, 400, (slices, rows, columns))
+    affine = affine_from_dicom(ORIGIN, [1, 0, 0, 0, 1, 0], [PIXEL_MM, PIXEL_MM], [0.0, 0.0, SLICE_MM])
+    seed = zlib.crc32(str(folder).encode())  # distinct UIDs per folder, as real series have
+    paths = write_series(values, affine, folder, seed=seed, file_names="numbered")
+    if not damaged:
+        return paths
+    damaged_paths = []
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
+            setattr(ds, keyword, "")
+        for keyword in TYPE2_DROPPED:
+            if keyword in ds:
                 delattr(ds, keyword)
-        path = folder / f"slice{k:03d}"
-        ds.save_as(path, enforce_file_format=True)
-        paths.append(path)
-    return paths
+        bare = path.with_suffix("")
+        ds.save_as(bare, enforce_file_format=True)
+        path.unlink()
+        damaged_paths.append(bare)
+    return damaged_paths
 
 
 def fill_surrogates(headers: list[Dataset], series_key: str) -> dict[str, str]:
