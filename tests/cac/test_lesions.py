@@ -272,3 +272,30 @@ def test_lesions_outside_the_heart_need_a_confident_network() -> None:
     outside = decide_components(candidates, prob, 0.5, outside_heart=np.ones(8, bool))
     assert inside.sum() == 8  # inside the heart both pass the plain threshold
     assert outside.sum() == 4 and outside[1, 8, 8] and not outside[1, 2, 2]
+
+
+def test_inserted_plaques_sit_in_epicardial_fat_and_are_targets() -> None:
+    from medhub.models.cac.train import Case, insertion_sites, sample_batch
+
+    shape = (40, 40, 40)
+    hu = np.full(shape, 40, np.int16)  # heart soft tissue ...
+    hu[:, :, 24:] = -100  # ... next to a slab of fat
+    hu[20, 20, 36] = 700  # calcium already in the fat: no plaque within 9 mm of it
+    heart = np.ones(shape, bool)
+    sites = insertion_sites(hu.astype(np.float32), heart, hu >= 200)
+    assert len(sites) and np.all(hu[tuple(sites.T)] == -100)
+    assert sites[:, 2].max() <= 24 + 4  # within 6 mm (4 voxels of 1.5 mm) of the soft tissue
+    assert np.all(np.linalg.norm((sites - [20, 20, 36]) * 1.5, axis=1) > 9.0)
+
+    case = Case(seed=0, hu=hu, target=np.zeros(shape, bool), weight=np.full(shape, 0.05, np.float16),
+                dice_mask=np.zeros(shape, bool), positives=sites[:1], negatives=sites[:1],
+                distractors=sites[:0], region=sites[:1], info={}, fat_sites=sites)
+    calcium_window = 1
+    x, target, weight, _ = sample_batch([case], np.random.default_rng(1), batch=32, patch=16, insert_plaques=1.0)
+    painted = x[:, calcium_window] > 0
+    visible = painted.any(dim=(1, 2, 3))
+    assert visible.sum() >= 10  # the faintest plaques stay under 130 HU once blurred ...
+    assert bool(target[:, 0][painted].all()) and bool((weight[:, 0][painted] == 1).all())
+    assert bool(target[visible].any(dim=(1, 2, 3, 4)).all())  # ... and only the visible ones are targets
+    plain, plain_target, *_ = sample_batch([case], np.random.default_rng(1), batch=32, patch=16)
+    assert not bool((plain[:, calcium_window] > 0).any()) and not bool(plain_target.any())

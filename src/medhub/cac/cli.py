@@ -226,6 +226,11 @@ def train_command(
     tissue_contrast: Annotated[float, typer.Option("--tissue-contrast", min=0.0, max=60.0,
                                                    help="Half-range (HU) of a random shift of fat, and half of it "
                                                         "of soft tissue, calcium untouched.")] = 0.0,
+    insert_plaques: Annotated[float, typer.Option("--insert-plaques", min=0.0, max=0.9,
+                                                  help="Share of patches with a plaque painted into epicardial "
+                                                       "fat off the phantom's coronary paths.")] = 0.0,
+    lr: Annotated[float, typer.Option("--lr", min=1e-6, max=1.0,
+                                      help="Peak learning rate (cosine decay to 5 % of it).")] = 2e-3,
 ) -> None:
     """Train the coronary-calcium lesion network on synthetic phantoms (training seeds only)."""
     # Imported here so that other medhub commands start without loading torch.
@@ -234,8 +239,8 @@ def train_command(
 
     side = train(out, n_train=n_train, epochs=epochs, seed=seed, steps_per_epoch=steps_per_epoch, threads=threads,
                  first_seed=first_seed, init_from=init_from, time_limit_s=time_limit, notes=notes,
-                 hard_negatives=hard_negatives, hu_offset=hu_offset,
-                 tissue_contrast=tissue_contrast)
+                 hard_negatives=hard_negatives, hu_offset=hu_offset, tissue_contrast=tissue_contrast,
+                 insert_plaques=insert_plaques, lr=lr)
     Console().print(f"wrote {Path(out).resolve()} (sha256 {side['sha256']}, {side['size_bytes']} bytes) "
                     f"and {sidecar_path(Path(out)).resolve()}")
 

@@ -65,6 +65,7 @@ class Case:
     distractors: np.ndarray  # (D, 3) negative candidates on non-coronary calcium or metal (valve, aorta, stent)
     region: np.ndarray  # (K, 3) heart-region voxel indices (subsampled)
     info: dict[str, Any]
+    fat_sites: np.ndarray | None = None  # (F, 3) epicardial-fat voxels where a plaque may be inserted
 
 
 def training_params(seed: int) -> tuple[dict[str, Any], bool]:
@@ -167,12 +168,16 @@ def prepare_case(seed: int, rng: np.random.Generator | None = None, params: dict
     region_idx = np.argwhere(region_w)
     if len(region_idx) > 4000:
         region_idx = region_idx[rng.choice(len(region_idx), 4000, replace=False)]
+    heart_w = on_work(heart_img, pos_img) >= 0.5
+    fat_sites = insertion_sites(hu_w, heart_w, (hu_w >= 200.0) | (other > 0.05) | core)
+    if len(fat_sites) > 4000:
+        fat_sites = fat_sites[rng.choice(len(fat_sites), 4000, replace=False)]
     info = {"params": {k: (list(v) if isinstance(v, tuple) else v) for k, v in params.items()},
             "to_3mm": bool(to_3mm), "region_margin_mm": margin, "work_shape": list(hu_w.shape),
             "n_positive": len(positives), "n_negative": len(negatives)}
     return Case(seed=int(seed), hu=np.rint(hu_w).astype(np.int16), target=target, weight=weight,
                 dice_mask=near, positives=positives, negatives=negatives, distractors=distractors,
-                region=region_idx, info=info)
+                region=region_idx, info=info, fat_sites=fat_sites)
 
 
 def _crop(array: np.ndarray, centre: np.ndarray, size: int, fill: float) -> np.ndarray:
@@ -206,9 +211,70 @@ def remap_tissue_contrast(hu: np.ndarray, fat_shift_hu: float, soft_shift_hu: fl
     return np.where(inside, np.interp(hu, knots, moved), hu).astype(np.float32)
 
 
+#: Epicardial fat (HU) where :func:`insertion_sites` may put a plaque, and its distances (mm) to the heart's soft
+#: tissue (at most) and to any calcium or bone already there (at least).
+INSERT_FAT_HU, INSERT_NEAR_SOFT_MM, INSERT_CLEAR_MM = (-150.0, -40.0), 6.0, 9.0
+
+
+def insertion_sites(hu_work: np.ndarray, heart_work: np.ndarray, dense_work: np.ndarray) -> np.ndarray:
+    """Working-grid voxels ``(N, 3)`` of fat inside the heart, near its soft tissue and clear of ``dense_work``
+    (calcium, bone, metal): where coronary plaques lie on real hearts, whatever path the phantom's coronaries
+    take."""
+    spacing = (WORK_SPACING_MM,) * 3
+    fat = heart_work & (hu_work >= INSERT_FAT_HU[0]) & (hu_work <= INSERT_FAT_HU[1])
+    soft = heart_work & (hu_work > 20.0) & (hu_work < 100.0)
+    if not fat.any() or not soft.any():
+        return np.zeros((0, 3), np.intp)
+    near_soft = dilate_mm(soft, spacing, INSERT_NEAR_SOFT_MM)
+    clear = ~dilate_mm(dense_work, spacing, INSERT_CLEAR_MM) if dense_work.any() else np.ones_like(fat)
+    return np.argwhere(fat & near_soft & clear)
+
+
+def plaque_fraction_work(rng: np.random.Generator, size: int = 9, oversample: int = 4
+                         ) -> tuple[np.ndarray, float]:
+    """A random plaque on a ``size``³ block of the working grid: the fraction of each voxel it fills after a
+    random blur, and its HU. HU, in-plane area (2-25 mm²) and length (1-8 mm) follow the phantoms' plaques; the
+    blur (Gaussian sigma 0.3-1 mm) spans sharp kernels to about what DeepCAC's 3 mm resampling does."""
+    from medhub.synth.cac_phantom import MID_BIN_HU
+
+    b = int(rng.integers(4))
+    plaque_hu = float(MID_BIN_HU[b]) if b < 3 else float(round(rng.uniform(600.0, 1000.0)))
+    radius = math.sqrt(float(np.exp(rng.uniform(np.log(2.0), np.log(25.0)))) / math.pi)
+    half_length = float(rng.uniform(0.5, 4.0))
+    fine = WORK_SPACING_MM / oversample
+    n = size * oversample
+    axis = (np.arange(n) - (n - 1) / 2.0) * fine
+    z, y, x = np.meshgrid(axis, axis, axis, indexing="ij", sparse=True)
+    c = rng.uniform(-0.5, 0.5, 3) * WORK_SPACING_MM
+    inside = (((z - c[0]) / half_length) ** 2 + ((y - c[1]) / radius) ** 2 + ((x - c[2]) / radius) ** 2) <= 1.0
+    blurred = ndi.gaussian_filter(inside.astype(np.float32), float(rng.uniform(0.3, 1.0)) / fine)
+    return blurred.reshape(size, oversample, size, oversample, size, oversample).mean(axis=(1, 3, 5)), plaque_hu
+
+
+def insert_plaque(hu: np.ndarray, target: np.ndarray, weight: np.ndarray, dice_mask: np.ndarray,
+                  rng: np.random.Generator) -> None:
+    """Paint a random plaque (:func:`plaque_fraction_work`) at the centre of a training patch, in place, and mark
+    it as coronary calcium the way :func:`prepare_case` marks the phantoms' plaques, unless blur and partial volume
+    leave it below the candidates' level (then it is just brighter fat)."""
+    fraction, plaque_hu = plaque_fraction_work(rng)
+    size = fraction.shape[0]
+    lo = hu.shape[0] // 2 - size // 2
+    box = (slice(lo, lo + size),) * 3
+    hu[box] = (1.0 - fraction) * hu[box] + fraction * plaque_hu
+    if hu[box][fraction > 0.05].max(initial=-1000.0) < CANDIDATE_HU - 20.0:
+        return
+    core = np.zeros(hu.shape, bool)
+    core[box] = fraction > 0.05
+    grown = ndi.binary_dilation(core, _ball(1.0))
+    target |= grown
+    near = ndi.binary_dilation(grown, _ball(1.0))
+    weight[near] = 1.0
+    dice_mask |= near
+
+
 def sample_batch(cases: list[Case], rng: np.random.Generator, batch: int, patch: int = PATCH,
-                 hard_negatives: float = 0.0, hu_offset: float = HU_OFFSET, tissue_contrast: float = 0.0
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                 hard_negatives: float = 0.0, hu_offset: float = HU_OFFSET, tissue_contrast: float = 0.0,
+                 insert_plaques: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """A batch of patches: inputs ``(B, 2, P, P, P)``, target, weight, Dice mask ``(B, 1, P, P, P)``.
 
     Patches centre on a positive voxel (45 %), a negative candidate (40 %) or anywhere in the heart region (15 %).
@@ -217,6 +283,8 @@ def sample_batch(cases: list[Case], rng: np.random.Generator, batch: int, patch:
     Each patch's HU are scaled by 0.96-1.04 and shifted by up to ``hu_offset`` HU: scanners and patients differ in
     calibration and tissue density (the phantoms' tissues have one HU each). With ``tissue_contrast`` > 0, fat and
     soft tissue first move independently (:func:`remap_tissue_contrast`) by up to ``tissue_contrast`` and half of it.
+    With ``insert_plaques`` > 0 that share of patches is centred on epicardial fat (:func:`insertion_sites`) and gets
+    a plaque painted there (:func:`insert_plaque`): the phantoms' coronaries follow fixed paths, real ones do not.
     """
     xs, ts, ws, ds = [], [], [], []
     for _ in range(batch):
@@ -236,16 +304,26 @@ def sample_batch(cases: list[Case], rng: np.random.Generator, batch: int, patch:
                 pool = case.negatives
             else:
                 pool = case.region
-        centre = pool[int(rng.integers(len(pool)))] + rng.integers(-patch // 4, patch // 4 + 1, 3)
+        inserting = (insert_plaques > 0 and case.fat_sites is not None and len(case.fat_sites)
+                     and rng.random() < insert_plaques)
+        if inserting:
+            centre = case.fat_sites[int(rng.integers(len(case.fat_sites)))]
+        else:
+            centre = pool[int(rng.integers(len(pool)))] + rng.integers(-patch // 4, patch // 4 + 1, 3)
         hu = _crop(case.hu, centre, patch, -1000).astype(np.float32)
+        target = _crop(case.target, centre, patch, False)
+        weight = _crop(case.weight, centre, patch, 0.05).astype(np.float32)
+        dice_mask = _crop(case.dice_mask, centre, patch, False)
+        if inserting:
+            insert_plaque(hu, target, weight, dice_mask, rng)
         if tissue_contrast > 0:
             hu = remap_tissue_contrast(hu, float(rng.uniform(-tissue_contrast, tissue_contrast)),
                                        float(rng.uniform(-tissue_contrast, tissue_contrast)) / 2)
         hu = hu * float(rng.uniform(0.96, 1.04)) + float(rng.uniform(-hu_offset, hu_offset))
         xs.append(hu_channels(hu))
-        ts.append(_crop(case.target, centre, patch, False)[None])
-        ws.append(_crop(case.weight, centre, patch, 0.05)[None])
-        ds.append(_crop(case.dice_mask, centre, patch, False)[None])
+        ts.append(target[None])
+        ws.append(weight[None])
+        ds.append(dice_mask[None])
 
     def t(a: list[np.ndarray]) -> torch.Tensor:
         return torch.from_numpy(np.stack(a).astype(np.float32))
@@ -269,7 +347,7 @@ def train(out_path: Path, *, n_train: int = 96, epochs: int = 30, seed: int = 0,
           net_config: UNet3DConfig = DEFAULT_NET, progress: bool = True, time_limit_s: float | None = None,
           log: Any = None, checkpoint: bool = False, phantom_overrides: dict[str, Any] | None = None,
           init_from: Path | None = None, notes: str | None = None, hard_negatives: float = 0.0,
-          hu_offset: float = HU_OFFSET, tissue_contrast: float = 0.0) -> dict[str, Any]:
+          hu_offset: float = HU_OFFSET, tissue_contrast: float = 0.0, insert_plaques: float = 0.0) -> dict[str, Any]:
     """Train the lesion network and write ``out_path`` (state dict) plus its JSON sidecar.
 
     Parameters
@@ -302,6 +380,8 @@ def train(out_path: Path, *, n_train: int = 96, epochs: int = 30, seed: int = 0,
         Half-range (HU) of the random global HU shift of each patch (see :func:`sample_batch`).
     tissue_contrast:
         Half-range (HU) of the random shift of fat, independent of soft tissue's (see :func:`sample_batch`).
+    insert_plaques:
+        Share of patches with a plaque painted into epicardial fat (see :func:`sample_batch`).
 
     The learning rate follows a cosine decay from ``lr`` to 5 % of it over the training's progress, measured as
     the larger of the fraction of steps done and, with ``time_limit_s``, the fraction of the time used.
@@ -352,7 +432,7 @@ def train(out_path: Path, *, n_train: int = 96, epochs: int = 30, seed: int = 0,
                     group["lr"] = lr * (0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress_frac))))
                 step += 1
                 x, tgt, w, dm = sample_batch(cases, rng, batch, patch, hard_negatives, hu_offset,
-                                             tissue_contrast)
+                                             tissue_contrast, insert_plaques)
                 loss, b, d = loss_fn(net(x), tgt, w, dm)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -391,7 +471,7 @@ def train(out_path: Path, *, n_train: int = 96, epochs: int = 30, seed: int = 0,
             "loss": "weighted BCE + soft Dice over the candidate neighbourhood", "seed": seed, "threads": threads,
             "init_from": None if init_from is None else Path(init_from).name, "notes": notes,
             "time_limit_s": time_limit_s, "hard_negatives": hard_negatives, "hu_offset": hu_offset,
-            "tissue_contrast": tissue_contrast,
+            "tissue_contrast": tissue_contrast, "insert_plaques": insert_plaques,
             "distribution": "noise SD 0-35 HU correlated 0.5-1.5 mm, blur 0-1 mm, slice spacing 1-3.5 mm, "
                             "in-plane 0.6-1.1 mm, 25% re-sampled to 3 mm isotropic, distractors 90%, stents 15%, "
                             "edge cases 15%, 20% without coronary calcium, no contrast",
