@@ -90,7 +90,10 @@ def evaluate(n: int, psf_sigma_mm: tuple[float, float] = CLINICAL_PSF_SIGMA_MM, 
     if weights is not None:  # a trial network instead of the shipped one
         model = type("TrialCAC", (CAC,), {"weights_path": Path(weights)})()
     rows = []
-    seeds = range(first_seed, first_seed + n) if validation else list(HELD_OUT_SEEDS)[:n]
+    if validation or first_seed in HELD_OUT_SEEDS:  # a slice of the held-out seeds, e.g. one per process
+        seeds = range(first_seed, first_seed + n)
+    else:
+        seeds = list(HELD_OUT_SEEDS)[:n]
     for seed in seeds:
         params = random_phantom_params(seed, held_out=not validation, psf_sigma_mm=psf_sigma_mm)
         if no_calcium:
@@ -165,7 +168,8 @@ def main() -> None:
     parser.add_argument("--imaged-truth", action="store_true",
                         help="also compare with the true mask scored on the phantom imaged without noise")
     parser.add_argument("--first-seed", type=int, default=VALIDATION_FIRST_SEED,
-                        help="with --validation: first seed of the draws")
+                        help="first seed of the draws: with --validation, or a held-out seed to run a slice of "
+                             "the held-out set")
     parser.add_argument("--no-calcium", action="store_true",
                         help="no coronary plaques and no contrast (distractors, stents and noise as drawn): "
                              "measures false scores")

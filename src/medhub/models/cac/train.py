@@ -216,18 +216,23 @@ def remap_tissue_contrast(hu: np.ndarray, fat_shift_hu: float, soft_shift_hu: fl
 INSERT_FAT_HU, INSERT_NEAR_SOFT_MM, INSERT_CLEAR_MM = (-150.0, -40.0), 6.0, 9.0
 
 
-def insertion_sites(hu_work: np.ndarray, heart_work: np.ndarray, dense_work: np.ndarray) -> np.ndarray:
-    """Working-grid voxels ``(N, 3)`` of fat inside the heart, near its soft tissue and clear of ``dense_work``
-    (calcium, bone, metal): where coronary plaques lie on real hearts, whatever path the phantom's coronaries
-    take."""
-    spacing = (WORK_SPACING_MM,) * 3
-    fat = heart_work & (hu_work >= INSERT_FAT_HU[0]) & (hu_work <= INSERT_FAT_HU[1])
-    soft = heart_work & (hu_work > 20.0) & (hu_work < 100.0)
+def insertion_sites(hu: np.ndarray, heart: np.ndarray, dense: np.ndarray,
+                    spacing_mm: tuple[float, float, float] = (WORK_SPACING_MM,) * 3,
+                    clear_mm: float = INSERT_CLEAR_MM, lung_clear_mm: float | None = None) -> np.ndarray:
+    """Voxel indices ``(N, 3)`` of fat inside ``heart``, within :data:`INSERT_NEAR_SOFT_MM` of its soft tissue and
+    ``clear_mm`` clear of ``dense`` (calcium, bone, metal), and with ``lung_clear_mm``, as far from lung: where
+    coronary plaques lie on real hearts, whatever path the phantom's coronaries take. Also picks the sites of
+    ``benchmarks/cac_lesion_insertion.py`` on real scans."""
+    fat = heart & (hu >= INSERT_FAT_HU[0]) & (hu <= INSERT_FAT_HU[1])
+    soft = heart & (hu > 20.0) & (hu < 100.0)
     if not fat.any() or not soft.any():
         return np.zeros((0, 3), np.intp)
-    near_soft = dilate_mm(soft, spacing, INSERT_NEAR_SOFT_MM)
-    clear = ~dilate_mm(dense_work, spacing, INSERT_CLEAR_MM) if dense_work.any() else np.ones_like(fat)
-    return np.argwhere(fat & near_soft & clear)
+    keep = fat & dilate_mm(soft, spacing_mm, INSERT_NEAR_SOFT_MM)
+    if dense.any():
+        keep &= ~dilate_mm(dense, spacing_mm, clear_mm)
+    if lung_clear_mm is not None:
+        keep &= ~dilate_mm(hu < -400.0, spacing_mm, lung_clear_mm)
+    return np.argwhere(keep)
 
 
 def plaque_fraction_work(rng: np.random.Generator, size: int = 9, oversample: int = 4
