@@ -1231,7 +1231,8 @@ def _crossings(placer: _Placer, pts: np.ndarray, i: int, n_slices: int, wall_mm:
     return dict(sorted(seeds.items()))
 
 
-def _draw_plaque_hu(rng: np.random.Generator) -> float:
+def draw_plaque_hu(rng: np.random.Generator) -> float:
+    """A coronary plaque's HU: one of :data:`MID_BIN_HU` or 600-1000 HU, each of the four bins equally likely."""
     b = int(rng.integers(0, 4))
     return float(MID_BIN_HU[b]) if b < 3 else float(round(rng.uniform(600.0, 1000.0)))
 
@@ -1323,7 +1324,7 @@ def place_calcium(hu: np.ndarray, grid: OffsetGrid, m: Mediastinum, rng: np.rand
     for _ in range(n):
         ns = int(rng.integers(1, 5))
         areas = [float(np.exp(rng.uniform(np.log(2.0), np.log(25.0)))) for _ in range(ns)]
-        h = _draw_plaque_hu(rng)
+        h = draw_plaque_hu(rng)
         try_plaque(ns, areas, [h] * ns)
 
     coronary_region = np.logical_or.reduce(list(m.sleeves.values()))

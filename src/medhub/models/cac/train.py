@@ -240,10 +240,9 @@ def plaque_fraction_work(rng: np.random.Generator, size: int = 9, oversample: in
     """A random plaque on a ``size``³ block of the working grid: the fraction of each voxel it fills after a
     random blur, and its HU. HU, in-plane area (2-25 mm²) and length (1-8 mm) follow the phantoms' plaques; the
     blur (Gaussian sigma 0.3-1 mm) spans sharp kernels to about what DeepCAC's 3 mm resampling does."""
-    from medhub.synth.cac_phantom import MID_BIN_HU
+    from medhub.synth.cac_phantom import draw_plaque_hu
 
-    b = int(rng.integers(4))
-    plaque_hu = float(MID_BIN_HU[b]) if b < 3 else float(round(rng.uniform(600.0, 1000.0)))
+    plaque_hu = draw_plaque_hu(rng)
     radius = math.sqrt(float(np.exp(rng.uniform(np.log(2.0), np.log(25.0)))) / math.pi)
     half_length = float(rng.uniform(0.5, 4.0))
     fine = WORK_SPACING_MM / oversample
