@@ -124,7 +124,8 @@ def analytic_agatston(plaque: dict[str, float]) -> float:
 
 
 def draw_plaque(rng: np.random.Generator) -> dict[str, float]:
-    """HU, in-plane radius and half-length (mm) of one plaque, from the phantoms' ranges."""
+    """HU, in-plane radius and half-length (mm) of one plaque: the phantoms' HU draw and their 2-25 mm² and 1-8 mm
+    ranges (area uniform here; the phantoms draw it log-uniformly)."""
     plaque_hu = draw_plaque_hu(rng)
     area = float(rng.uniform(2.0, 25.0))
     return {"plaque_hu": plaque_hu, "area_mm2": area, "radius_mm": float(np.sqrt(area / np.pi)),
