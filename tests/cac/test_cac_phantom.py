@@ -17,8 +17,12 @@ from medhub.synth.cac_phantom import (
     HELD_OUT_SEEDS,
     TRAIN_SEEDS,
     Calcification,
+    CoronaryAnatomy,
+    HeartGeometry,
     OffsetGrid,
     analytic_scores,
+    aortic_root,
+    coronary_paths,
     make_cac_phantom,
     phantom_truth,
     random_phantom_params,
@@ -215,9 +219,9 @@ def test_stent_and_contrast():
     assert abs(np.median(plain.hu[plain.masks["blood_pool"]]) - 40) < 10
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_plaques_in_epicardial_fat_next_to_coronaries(seed):
-    ph = make_cac_phantom(seed, **SMALL, n_plaques=6, distractors=True)
+@pytest.mark.parametrize("seed,varied", [(0, False), (1, False), (2, False), (3, True), (4, True)])
+def test_plaques_in_epicardial_fat_next_to_coronaries(seed, varied):
+    ph = make_cac_phantom(seed, **SMALL, n_plaques=6, distractors=True, coronary_variation=varied)
     cor = ph.labels == 2
     assert cor.any()
     heart_dilated = ndi.binary_dilation(ph.heart_mask, iterations=2)
@@ -236,6 +240,33 @@ def test_plaques_in_epicardial_fat_next_to_coronaries(seed):
     assert {"valve", "annulus"} <= kinds or {"aortic"} <= kinds
 
 
+def test_varied_coronaries_run_deeper_in_their_grooves_and_branch():
+    from scipy.spatial import cKDTree
+
+    h = HeartGeometry.draw(np.random.default_rng(0))
+    anatomy = CoronaryAnatomy(groove_mm=8.0, meander_mm=2.0, branches=True, detail_seed=1)
+    deep = coronary_paths(h, aortic_root(h), 15.0, anatomy)
+    shallow = coronary_paths(h, aortic_root(h), 15.0, anatomy, groove_scale=0.0)
+    assert set(deep) == {"LM", "LAD", "LCX", "RCA", "D1", "OM1", "PDA"}
+    for name in ("LCX", "RCA"):  # AV-groove vessels sink by up to the groove depth, never more
+        sunk = cKDTree(shallow[name]).query(deep[name])[0]
+        assert 4.0 < sunk.max() <= 8.0 + 0.5
+    standard = coronary_paths(h, aortic_root(h), 15.0)
+    assert set(standard) == {"LM", "LAD", "LCX", "RCA"}
+
+
+def test_coronary_variation_changes_the_coronaries_and_nothing_else_of_the_chest():
+    plain = make_cac_phantom(5, **SMALL, n_plaques=4)
+    varied = make_cac_phantom(5, **SMALL, n_plaques=4, coronary_variation=True)
+    assert plain.params["coronary_variation"] is False and varied.params["coronary_variation"] is True
+    assert np.array_equal(plain.masks["bone"], varied.masks["bone"])
+    assert np.array_equal(plain.masks["right_lung"], varied.masks["right_lung"])
+    assert not np.array_equal(plain.masks["coronary_lumen"], varied.masks["coronary_lumen"])
+    branched = {p["artery"] for s in range(6)
+                for p in _coronary(make_cac_phantom(s, **SMALL, n_plaques=8, coronary_variation=True))}
+    assert branched & {"D1", "OM1", "PDA"}
+
+
 def test_risk_categories_cover_conventions(fine_edge):
     t = fine_edge.truth["totals"]
     assert set(t) == set(CONVENTIONS)
@@ -252,7 +283,8 @@ def test_risk_categories_cover_conventions(fine_edge):
 ])
 def test_scorer_matches_truth_on_ideal_phantom(kw):
     scoring = pytest.importorskip("medhub.cac.scoring")
-    ph = make_cac_phantom(21, **kw, n_plaques=6, edge_cases=True, stent=True)
+    ph = make_cac_phantom(21, **kw, n_plaques=6, edge_cases=True, stent=True,
+                          coronary_variation=kw["spacing"][1] == 1.0)
     c = ph.params["calibration_factor"]
     lesion_mask = ph.labels == 2
     for name, conv in CONVENTIONS.items():

@@ -231,6 +231,9 @@ def train_command(
                                                        "fat off the phantom's coronary paths.")] = 0.0,
     lr: Annotated[float, typer.Option("--lr", min=1e-6, max=1.0,
                                       help="Peak learning rate (cosine decay to 5 % of it).")] = 2e-3,
+    coronary_variation: Annotated[float, typer.Option("--coronary-variation", min=0.0, max=1.0,
+                                                      help="Share of training phantoms whose coronaries vary in "
+                                                           "course, groove depth and branches.")] = 0.0,
 ) -> None:
     """Train the coronary-calcium lesion network on synthetic phantoms (training seeds only)."""
     # Imported here so that other medhub commands start without loading torch.
@@ -240,7 +243,7 @@ def train_command(
     side = train(out, n_train=n_train, epochs=epochs, seed=seed, steps_per_epoch=steps_per_epoch, threads=threads,
                  first_seed=first_seed, init_from=init_from, time_limit_s=time_limit, notes=notes,
                  hard_negatives=hard_negatives, hu_offset=hu_offset, tissue_contrast=tissue_contrast,
-                 insert_plaques=insert_plaques, lr=lr)
+                 insert_plaques=insert_plaques, lr=lr, coronary_variation=coronary_variation)
     Console().print(f"wrote {Path(out).resolve()} (sha256 {side['sha256']}, {side['size_bytes']} bytes) "
                     f"and {sidecar_path(Path(out)).resolve()}")
 

@@ -222,19 +222,77 @@ def box_slices(grid: OffsetGrid, lo: np.ndarray, hi: np.ndarray) -> tuple[slice,
 
 
 # ------------------------------------------------------------------------------------------- coronaries
-def coronary_paths(h: HeartGeometry, aortic_root: np.ndarray, root_radius: float, step_mm: float = 0.5
+#: Arteries of every phantom and the share of plaques each gets; with branches (:class:`CoronaryAnatomy`) the
+#: first diagonal, the first obtuse marginal and the posterior descending artery take a share too.
+ARTERY_WEIGHTS = {"LAD": 0.4, "RCA": 0.3, "LCX": 0.2, "LM": 0.1}
+BRANCHED_ARTERY_WEIGHTS = {"LAD": 0.3, "RCA": 0.22, "LCX": 0.15, "LM": 0.08, "D1": 0.09, "OM1": 0.08, "PDA": 0.08}
+
+
+@dataclass(frozen=True)
+class CoronaryAnatomy:
+    """Course of the coronaries on the heart (:class:`HeartGeometry`'s frame: ``u`` the long-axis fraction from
+    -1 at the base to +1 at the apex, ``phi`` the angle round the long axis, 0 anterior, +pi/2 patient right).
+
+    The defaults are the one fixed course of the standard phantoms: every vessel at the middle of the epicardial
+    fat, the atrioventricular (AV) groove at ``u = -0.42``. :meth:`draw` varies it as real hearts do: where the AV
+    groove lies, how far the LAD, LCX and RCA reach, how deep their grooves cut into the myocardium, how they
+    meander, and side branches (first diagonal D1, first obtuse marginal OM1, posterior descending PDA). Without
+    that variation a network can learn where the phantoms' coronaries run instead of what coronary calcium looks
+    like (``benchmarks/cac_lesion_insertion.py``).
+    """
+
+    av_u: float = -0.42
+    lad_phi: tuple[float, float] = (-0.35, -0.15)  # at the bifurcation and at the LAD's end
+    lad_end_u: float = 0.88
+    lcx_end_phi: float = -2.5
+    rca_end_phi: float = 2.9
+    rca_rise_u: float = 0.08  # how far towards the apex the RCA's end lies below the AV groove
+    groove_mm: float = 0.0  # extra depth (mm) of a vessel at the deepest point of its groove
+    meander_mm: float = 0.0  # amplitude (mm) of a vessel's meander across its groove
+    branches: bool = False
+    detail_seed: int = 0  # phases of the depth profiles and meanders, and where the branches leave
+
+    @classmethod
+    def draw(cls, rng: np.random.Generator) -> CoronaryAnatomy:
+        return cls(av_u=float(rng.uniform(-0.55, -0.30)),
+                   lad_phi=(float(rng.uniform(-0.5, -0.2)), float(rng.uniform(-0.3, 0.0))),
+                   lad_end_u=float(rng.uniform(0.7, 0.95)), lcx_end_phi=float(rng.uniform(-2.9, -1.6)),
+                   rca_end_phi=float(rng.uniform(2.4, 3.2)), rca_rise_u=float(rng.uniform(0.0, 0.15)),
+                   groove_mm=float(rng.uniform(0.0, 9.0)), meander_mm=float(rng.uniform(0.0, 4.0)),
+                   branches=bool(rng.random() < 0.8), detail_seed=int(rng.integers(0, 2**31)))
+
+
+def coronary_paths(h: HeartGeometry, aortic_root: np.ndarray, root_radius: float,
+                   anatomy: CoronaryAnatomy = CoronaryAnatomy(), step_mm: float = 0.5, groove_scale: float = 1.0
                    ) -> dict[str, np.ndarray]:
-    """Centrelines (N, 3) z, y, x mm of the left main, LAD, LCX and RCA, sampled every ``step_mm``.
+    """Centrelines (N, 3) z, y, x mm of the left main, LAD, LCX and RCA (and with ``anatomy.branches`` D1, OM1
+    and PDA), sampled every ``step_mm``.
 
     LAD runs in the anterior interventricular groove from the base to near the apex; LCX and RCA run in the
-    atrioventricular groove around the left and the right side; the left main and the RCA's first segment join
-    them to the aortic root.
+    AV groove around the left and the right side; the left main and the RCA's first segment join them to the
+    aortic root. ``groove_scale`` scales the extra groove depth: 0 gives the same courses at the middle of the
+    epicardial fat (where the fat that fills a groove starts).
     """
     d = h.vessel_depth
-    u_av = -0.42
+    u_av = anatomy.av_u
+    detail = np.random.default_rng(anatomy.detail_seed)
+    r_mean = float(np.mean(h.radii[1:]))
 
-    def curve(us: np.ndarray, phis: np.ndarray) -> np.ndarray:
-        return np.array([h.surface_point(float(u), float(p), d) for u, p in zip(us, phis, strict=True)])
+    def wave(n: int, amplitude: float) -> np.ndarray:
+        t = np.linspace(0.0, 1.0, n)
+        return amplitude * np.sin(2 * np.pi * detail.uniform(0.7, 2.0) * t + detail.uniform(0, 2 * np.pi))
+
+    def depth_profile(n: int, share: float) -> np.ndarray:
+        """Extra depth (mm) along a vessel: deepest where its groove is, eased in from its start."""
+        if anatomy.groove_mm <= 0:
+            return np.zeros(n)
+        t = np.linspace(0.0, 1.0, n)
+        ease = np.clip(t / 0.15, 0.0, 1.0)
+        return groove_scale * share * anatomy.groove_mm * ease * (0.55 + wave(n, 0.45))
+
+    def curve(us: np.ndarray, phis: np.ndarray, extra: np.ndarray) -> np.ndarray:
+        return np.array([h.surface_point(float(u), float(p), d + float(e))
+                         for u, p, e in zip(us, phis, extra, strict=True)])
 
     def resample(points: np.ndarray) -> np.ndarray:
         seg = np.linalg.norm(np.diff(points, axis=0), axis=1)
@@ -243,25 +301,38 @@ def coronary_paths(h: HeartGeometry, aortic_root: np.ndarray, root_radius: float
         return np.stack([np.interp(t, s, points[:, k]) for k in range(3)], axis=1)
 
     n = 200
-    bif = h.surface_point(u_av, -0.35, d)
-    rca_start = h.surface_point(u_av, 0.35, d)
-    lad = curve(np.linspace(u_av, 0.88, n), np.linspace(-0.35, -0.15, n))
-    lcx = curve(np.full(n, u_av), np.linspace(-0.35, -2.5, n))
-    rca = curve(np.linspace(u_av, u_av + 0.08, n), np.linspace(0.35, 2.9, n))
+    lad_u, lad_phi = np.linspace(u_av, anatomy.lad_end_u, n), np.linspace(*anatomy.lad_phi, n)
+    lcx_u, lcx_phi = np.full(n, u_av), np.linspace(-0.35, anatomy.lcx_end_phi, n)
+    rca_u, rca_phi = np.linspace(u_av, u_av + anatomy.rca_rise_u, n), np.linspace(0.35, anatomy.rca_end_phi, n)
+    if anatomy.meander_mm > 0:  # across the groove: around the long axis for the LAD, along it for LCX and RCA
+        lad_phi = lad_phi + wave(n, anatomy.meander_mm / r_mean)
+        lcx_u = lcx_u + wave(n, anatomy.meander_mm / h.radii[0])
+        rca_u = rca_u + wave(n, anatomy.meander_mm / h.radii[0])
+    courses = {"LAD": (lad_u, lad_phi, depth_profile(n, 0.6)), "LCX": (lcx_u, lcx_phi, depth_profile(n, 1.0)),
+               "RCA": (rca_u, rca_phi, depth_profile(n, 1.0))}
+    if anatomy.branches:
+        def branch(parent: str, t0: tuple[float, float], du: float, dphi: float, share: float) -> tuple:
+            pu, pphi, pextra = courses[parent]
+            i = min(n - 1, int(detail.uniform(*t0) * n))
+            us = np.linspace(pu[i], min(0.92, pu[i] + du), n)
+            phis = np.linspace(pphi[i], pphi[i] + dphi, n) + wave(n, anatomy.meander_mm / r_mean)
+            return us, phis, np.maximum(pextra[i] * np.linspace(1.0, 0.0, n), depth_profile(n, share))
+
+        courses["D1"] = branch("LAD", (0.15, 0.4), detail.uniform(0.4, 0.7), -detail.uniform(0.7, 1.2), 0.3)
+        courses["OM1"] = branch("LCX", (0.3, 0.6), detail.uniform(0.6, 0.9), detail.uniform(-0.2, 0.2), 0.3)
+        courses["PDA"] = branch("RCA", (0.99, 1.0), detail.uniform(0.5, 0.9), detail.uniform(0.05, 0.3), 0.8)
+    paths = {name: curve(*course) for name, course in courses.items()}
     # the ostia lie on the aortic root's wall; the first millimetres run through the fat at the heart's base
 
     def ostium(target: np.ndarray) -> np.ndarray:
         d = target - aortic_root
         return aortic_root + (root_radius - 1.0) * d / np.linalg.norm(d)
 
-    lm = np.array([ostium(bif), bif])
-    rca_prox = np.array([ostium(rca_start), rca_start])
-    return {
-        "LM": resample(lm),
-        "LAD": resample(lad),
-        "LCX": resample(lcx),
-        "RCA": resample(np.concatenate([rca_prox, rca[1:]])),
-    }
+    bif, rca_start = paths["LAD"][0], paths["RCA"][0]
+    out = {"LM": resample(np.array([ostium(bif), bif])), "LAD": resample(paths["LAD"]),
+           "LCX": resample(paths["LCX"]), "RCA": resample(np.concatenate([[ostium(rca_start)], paths["RCA"]]))}
+    out.update({name: resample(pts) for name, pts in paths.items() if name not in out})
+    return out
 
 
 def segment_distance2(grid: OffsetGrid, box: tuple[slice, slice, slice], p0: np.ndarray, p1: np.ndarray
@@ -531,7 +602,7 @@ def make_cac_phantom(seed: int, *, shape: tuple[int, int, int] = DEFAULT_SHAPE,
                      spacing: tuple[float, float, float] = DEFAULT_SPACING_MM, slice_thickness_mm: float | None = None,
                      noise_sd: float = 0.0, noise_corr_mm: float = 1.0, blur_mm: float = 0.0,
                      n_plaques: int | None = None, distractors: bool = True, stent: bool = False,
-                     contrast: bool = False, edge_cases: bool = False,
+                     contrast: bool = False, edge_cases: bool = False, coronary_variation: bool = False,
                      calibration_factor: float = DEFAULT_CALIBRATION) -> CacPhantom:
     """Generate a CAC phantom.
 
@@ -561,6 +632,10 @@ def make_cac_phantom(seed: int, *, shape: tuple[int, int, int] = DEFAULT_SHAPE,
         Contrast-enhanced variant: blood pool, aorta and coronary lumens about 300 HU.
     edge_cases:
         Adds the edge-case lesions (minimum area, bin-edge HUs, diagonal-only, per-slice peaks).
+    coronary_variation:
+        Coronaries whose course, groove depth and side branches vary with the seed (:meth:`CoronaryAnatomy.draw`,
+        from its own random stream: everything else equals the phantom without it); otherwise the one standard
+        course.
     calibration_factor:
         Mass calibration (mg per cm³ per HU) for the truth's mass scores.
     """
@@ -570,7 +645,8 @@ def make_cac_phantom(seed: int, *, shape: tuple[int, int, int] = DEFAULT_SHAPE,
     params = dict(seed=int(seed), shape=list(shape), spacing=list(spacing), slice_thickness_mm=thickness,
                   noise_sd=float(noise_sd), noise_corr_mm=float(noise_corr_mm), blur_mm=float(blur_mm),
                   n_plaques=n_plaques, distractors=bool(distractors), stent=bool(stent), contrast=bool(contrast),
-                  edge_cases=bool(edge_cases), calibration_factor=float(calibration_factor))
+                  edge_cases=bool(edge_cases), coronary_variation=bool(coronary_variation),
+                  calibration_factor=float(calibration_factor))
     ss = np.random.SeedSequence(int(seed))
     rng_anat, rng_chest, rng_plaque, rng_noise = (np.random.default_rng(s) for s in ss.spawn(4))
 
@@ -578,7 +654,9 @@ def make_cac_phantom(seed: int, *, shape: tuple[int, int, int] = DEFAULT_SHAPE,
     grid = _grid_for(shape, spacing, h.center)  # type: ignore[arg-type]
     g = virtual_geometry()
     hu, masks = paint_thorax(grid, g, rng_chest, heart=h)
-    m = paint_mediastinum(hu, masks, grid, g, h, contrast)
+    anatomy = (CoronaryAnatomy.draw(np.random.default_rng([int(seed), 0xC0A])) if coronary_variation
+               else CoronaryAnatomy())
+    m = paint_mediastinum(hu, masks, grid, g, h, contrast, anatomy)
     calcs, coronary_region, stent_mask = place_calcium(
         hu, grid, m, rng_plaque, n_plaques=n_plaques, distractors=distractors, stent=stent, contrast=contrast,
         edge_cases=edge_cases)
@@ -1026,6 +1104,7 @@ class Mediastinum:
     aortic_axis: np.ndarray  # unit vector of the ascending aorta at the root
     aorta_outer: np.ndarray  # bool, aortic lumen and wall
     geometry: HeartGeometry
+    anatomy: CoronaryAnatomy
 
 
 def sternum_masks(grid: OffsetGrid, g: ChestGeometry) -> tuple[np.ndarray, np.ndarray]:
@@ -1054,7 +1133,8 @@ def aorta_segments(g: ChestGeometry, root: np.ndarray) -> list[tuple[np.ndarray,
 
 
 def paint_mediastinum(hu: np.ndarray, masks: dict[str, np.ndarray], grid: OffsetGrid, g: ChestGeometry,
-                      h: HeartGeometry, contrast: bool) -> Mediastinum:
+                      h: HeartGeometry, contrast: bool, anatomy: CoronaryAnatomy = CoronaryAnatomy()
+                      ) -> Mediastinum:
     """Paint the sternum, mediastinal fat, oesophagus, aorta, heart and coronaries over the chest (in place).
 
     Work on the full grid is limited to a few masked copies; everything cardiac happens in the heart's box.
@@ -1120,7 +1200,7 @@ def paint_mediastinum(hu: np.ndarray, masks: dict[str, np.ndarray], grid: Offset
     axis = segs[0][1] - segs[0][0]
     axis = axis / np.linalg.norm(axis)
     r_root = segs[0][2]
-    paths = coronary_paths(h, root, r_root)
+    paths = coronary_paths(h, root, r_root, anatomy)
     sleeves, lumens = {}, {}
     keep = inside_peri & ~aorta_lumen[box]
     for name, pts in paths.items():
@@ -1129,16 +1209,22 @@ def paint_mediastinum(hu: np.ndarray, masks: dict[str, np.ndarray], grid: Offset
         sleeves[name][box] = sleeve_box
         lumens[name] = np.zeros(grid.shape, bool)
         lumens[name][box] = polyline_tube(grid, pts, h.vessel_radius, within=box) & sleeve_box
-    # epicardial fat gathers in the grooves the arteries run in: paint it wider than the scoring sleeve
-    for pts in paths.values():
-        groove = polyline_tube(grid, pts, h.vessel_radius + h.groove_fat, within=box) & keep
-        np.copyto(sub, np.float32(CAC_HU["epicardial_fat"]), where=groove)
+    # epicardial fat gathers in the grooves the arteries run in: paint it wider than the scoring sleeve; a deep
+    # groove is fat from the epicardial layer down to its vessel, and keeps a thin wall round the blood pool
+    grooves = [paths]
+    if anatomy.groove_mm > 0:
+        grooves += [coronary_paths(h, root, r_root, anatomy, groove_scale=f) for f in (0.0, 0.5)]
+        keep = keep & ~h.inside(loc, depth_myo + h.myocardium - 2.0)
+    for courses in grooves:
+        for pts in courses.values():
+            groove = polyline_tube(grid, pts, h.vessel_radius + h.groove_fat, within=box) & keep
+            np.copyto(sub, np.float32(CAC_HU["epicardial_fat"]), where=groove)
     for name in paths:
         np.copyto(sub, np.float32(blood if contrast else HU["vessel"]), where=lumens[name][box])
     masks["coronary_lumen"] = np.logical_or.reduce(list(lumens.values()))
     return Mediastinum(heart=heart, bone=bone, paths=paths, sleeves=sleeves, lumens=lumens, aorta=segs,
                        aortic_root=root, aortic_root_radius=r_root, aortic_axis=axis,
-                       aorta_outer=aorta_outer, geometry=h)
+                       aorta_outer=aorta_outer, geometry=h, anatomy=anatomy)
 
 
 # ------------------------------------------------------------------------------------------- calcium placement
@@ -1249,8 +1335,9 @@ def place_calcium(hu: np.ndarray, grid: OffsetGrid, m: Mediastinum, rng: np.rand
     Returns the calcifications, the coronary scoring region (fat sleeves, stent excluded) and the stent mask.
     """
     placer = _Placer(grid, rng, m.bone.copy())
-    arteries = ("LAD", "RCA", "LCX", "LM")
-    weights = np.array([0.4, 0.3, 0.2, 0.1])
+    shares = BRANCHED_ARTERY_WEIGHTS if m.anatomy.branches else ARTERY_WEIGHTS
+    arteries = tuple(shares)
+    weights = np.array(list(shares.values()))
     px_area = grid.spacing[1] * grid.spacing[2]
     stent_mask = None
 
@@ -1408,7 +1495,7 @@ def _place_distractors(placer: _Placer, m: Mediastinum, tries: int = 15) -> None
 
     def annulus() -> np.ndarray:
         # mitral annulus: posterior-left at the atrioventricular junction, where myocardium meets blood
-        return hg.surface_point(-0.42 + rng.uniform(-0.05, 0.05), rng.uniform(-2.6, -1.2),
+        return hg.surface_point(m.anatomy.av_u + rng.uniform(-0.05, 0.05), rng.uniform(-2.6, -1.2),
                                 hg.pericardium + hg.fat + hg.myocardium * rng.uniform(0.7, 1.0))
 
     def aortic() -> np.ndarray:
