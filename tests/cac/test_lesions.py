@@ -205,6 +205,20 @@ def test_train_command_is_a_typer_command() -> None:
         assert option in result.output
 
 
+def test_train_command_reports_each_epoch_when_not_on_a_terminal(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from medhub.cac.cli import cac_app
+
+    out = tmp_path / "w.pt"
+    result = CliRunner().invoke(cac_app, ["train", "--out", str(out), "--n-train", "1", "--epochs", "2",
+                                          "--steps-per-epoch", "1", "--first-seed", "9000", "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    assert [line.split(":")[0] for line in result.output.splitlines() if line.startswith("epoch ")] == [
+        "epoch 1", "epoch 2"]
+    assert out.exists() and sidecar_path(out).exists()
+
+
 def test_hard_negative_patches_centre_on_non_coronary_calcium() -> None:
     from medhub.models.cac.train import Case, sample_batch
 

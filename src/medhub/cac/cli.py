@@ -240,7 +240,13 @@ def train_command(
     from medhub.models.cac.lesions import sidecar_path
     from medhub.models.cac.train import train
 
+    def log_epoch(history: dict[str, float]) -> None:
+        console.print(f"epoch {history['epoch']}: loss {history['loss']:.4f} (bce {history['bce']:.4f}, "
+                      f"dice {history['dice_loss']:.4f})", highlight=False)
+
+    # rich redraws its bars only on a terminal; a run writing to a log file reports each epoch as a line instead
     side = train(out, n_train=n_train, epochs=epochs, seed=seed, steps_per_epoch=steps_per_epoch, threads=threads,
+                 log=None if console.is_terminal else log_epoch,
                  first_seed=first_seed, init_from=init_from, time_limit_s=time_limit, notes=notes,
                  hard_negatives=hard_negatives, hu_offset=hu_offset, tissue_contrast=tissue_contrast,
                  insert_plaques=insert_plaques, lr=lr, coronary_variation=coronary_variation)
