@@ -267,6 +267,23 @@ def test_coronary_variation_changes_the_coronaries_and_nothing_else_of_the_chest
     assert branched & {"D1", "OM1", "PDA"}
 
 
+def test_base_fat_puts_fat_deep_in_the_heart_base_and_keeps_valve_calcium_out_of_it():
+    kw = dict(shape=(60, 160, 160), spacing=(2.5, 1.0, 1.0), n_plaques=4)
+    plain = make_cac_phantom(5, **kw)
+    padded = make_cac_phantom(5, **kw, base_fat=True)
+    assert padded.params["base_fat"] is True and np.array_equal(plain.masks["bone"], padded.masks["bone"])
+
+    def deepest_fat_mm(ph):
+        fat = (ph.hu > -150) & (ph.hu < -40) & ph.heart_mask
+        return ndi.distance_transform_edt(ph.heart_mask, sampling=ph.spacing)[fat].max()
+
+    assert deepest_fat_mm(padded) > deepest_fat_mm(plain) + 3.0
+    for p in padded.truth["plaques"]:
+        if p["kind"] in ("valve", "annulus"):
+            v = np.asarray(p["voxels"])
+            assert not (padded.coronary_region[v[:, 0], v[:, 1], v[:, 2]]).any()
+
+
 def test_risk_categories_cover_conventions(fine_edge):
     t = fine_edge.truth["totals"]
     assert set(t) == set(CONVENTIONS)

@@ -181,7 +181,7 @@ def test_training_smoke(tmp_path: Path) -> None:
     assert net.config.base_channels == 2
 
 
-def test_coronary_variation_share_leaves_every_other_training_parameter_alone() -> None:
+def test_anatomy_shares_leave_every_other_training_parameter_alone() -> None:
     from medhub.models.cac.train import training_params
 
     seeds = range(300, 340)
@@ -192,6 +192,7 @@ def test_coronary_variation_share_leaves_every_other_training_parameter_alone() 
     for (p, to_3mm), (q, to_3mm_q) in zip(plain, varied, strict=True):
         assert to_3mm == to_3mm_q and {**p, "coronary_variation": None} == {**q, "coronary_variation": None}
     assert all(p["coronary_variation"] for p, _ in (training_params(s, 1.0) for s in seeds))
+    assert all(p["base_fat"] and not p["coronary_variation"] for p, _ in (training_params(s, 0.0, 1.0) for s in seeds))
 
 
 def test_train_command_is_a_typer_command() -> None:

@@ -234,6 +234,9 @@ def train_command(
     coronary_variation: Annotated[float, typer.Option("--coronary-variation", min=0.0, max=1.0,
                                                       help="Share of training phantoms whose coronaries vary in "
                                                            "course, groove depth and branches.")] = 0.0,
+    base_fat: Annotated[float, typer.Option("--base-fat", min=0.0, max=1.0,
+                                            help="Share of training phantoms with a fat pad deep in the heart's "
+                                                 "base round the proximal coronaries.")] = 0.0,
 ) -> None:
     """Train the coronary-calcium lesion network on synthetic phantoms (training seeds only)."""
     # Imported here so that other medhub commands start without loading torch.
@@ -249,7 +252,8 @@ def train_command(
                  log=None if console.is_terminal else log_epoch,
                  first_seed=first_seed, init_from=init_from, time_limit_s=time_limit, notes=notes,
                  hard_negatives=hard_negatives, hu_offset=hu_offset, tissue_contrast=tissue_contrast,
-                 insert_plaques=insert_plaques, lr=lr, coronary_variation=coronary_variation)
+                 insert_plaques=insert_plaques, lr=lr, coronary_variation=coronary_variation,
+                 base_fat=base_fat)
     Console().print(f"wrote {Path(out).resolve()} (sha256 {side['sha256']}, {side['size_bytes']} bytes) "
                     f"and {sidecar_path(Path(out)).resolve()}")
 

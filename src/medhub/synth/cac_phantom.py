@@ -38,7 +38,7 @@ import itertools
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -251,6 +251,8 @@ class CoronaryAnatomy:
     meander_mm: float = 0.0  # amplitude (mm) of a vessel's meander across its groove
     branches: bool = False
     detail_seed: int = 0  # phases of the depth profiles and meanders, and where the branches leave
+    base_fat_mm: float = 0.0  # extra radius (mm) of the fat round the left main and the proximal arteries
+    base_fat_length_mm: float = 0.0  # how far along LAD, LCX and RCA that fat reaches (mm)
 
     @classmethod
     def draw(cls, rng: np.random.Generator) -> CoronaryAnatomy:
@@ -603,7 +605,7 @@ def make_cac_phantom(seed: int, *, shape: tuple[int, int, int] = DEFAULT_SHAPE,
                      noise_sd: float = 0.0, noise_corr_mm: float = 1.0, blur_mm: float = 0.0,
                      n_plaques: int | None = None, distractors: bool = True, stent: bool = False,
                      contrast: bool = False, edge_cases: bool = False, coronary_variation: bool = False,
-                     calibration_factor: float = DEFAULT_CALIBRATION) -> CacPhantom:
+                     base_fat: bool = False, calibration_factor: float = DEFAULT_CALIBRATION) -> CacPhantom:
     """Generate a CAC phantom.
 
     Parameters
@@ -636,6 +638,9 @@ def make_cac_phantom(seed: int, *, shape: tuple[int, int, int] = DEFAULT_SHAPE,
         Coronaries whose course, groove depth and side branches vary with the seed (:meth:`CoronaryAnatomy.draw`,
         from its own random stream: everything else equals the phantom without it); otherwise the one standard
         course.
+    base_fat:
+        A fat pad deep in the heart's base round the left main and the first 15-35 mm of LAD, LCX and RCA, 4-10 mm
+        wider than their grooves (own random stream too), as real hearts hold round the aortic root.
     calibration_factor:
         Mass calibration (mg per cm³ per HU) for the truth's mass scores.
     """
@@ -645,7 +650,7 @@ def make_cac_phantom(seed: int, *, shape: tuple[int, int, int] = DEFAULT_SHAPE,
     params = dict(seed=int(seed), shape=list(shape), spacing=list(spacing), slice_thickness_mm=thickness,
                   noise_sd=float(noise_sd), noise_corr_mm=float(noise_corr_mm), blur_mm=float(blur_mm),
                   n_plaques=n_plaques, distractors=bool(distractors), stent=bool(stent), contrast=bool(contrast),
-                  edge_cases=bool(edge_cases), coronary_variation=bool(coronary_variation),
+                  edge_cases=bool(edge_cases), coronary_variation=bool(coronary_variation), base_fat=bool(base_fat),
                   calibration_factor=float(calibration_factor))
     ss = np.random.SeedSequence(int(seed))
     rng_anat, rng_chest, rng_plaque, rng_noise = (np.random.default_rng(s) for s in ss.spawn(4))
@@ -656,6 +661,10 @@ def make_cac_phantom(seed: int, *, shape: tuple[int, int, int] = DEFAULT_SHAPE,
     hu, masks = paint_thorax(grid, g, rng_chest, heart=h)
     anatomy = (CoronaryAnatomy.draw(np.random.default_rng([int(seed), 0xC0A])) if coronary_variation
                else CoronaryAnatomy())
+    if base_fat:
+        rng_base = np.random.default_rng([int(seed), 0xBA5E])
+        anatomy = replace(anatomy, base_fat_mm=float(rng_base.uniform(4.0, 10.0)),
+                          base_fat_length_mm=float(rng_base.uniform(15.0, 35.0)))
     m = paint_mediastinum(hu, masks, grid, g, h, contrast, anatomy)
     calcs, coronary_region, stent_mask = place_calcium(
         hu, grid, m, rng_plaque, n_plaques=n_plaques, distractors=distractors, stent=stent, contrast=contrast,
@@ -1105,6 +1114,7 @@ class Mediastinum:
     aorta_outer: np.ndarray  # bool, aortic lumen and wall
     geometry: HeartGeometry
     anatomy: CoronaryAnatomy
+    base_fat: np.ndarray | None = None  # bool: the fat pad at the heart's base (see CoronaryAnatomy.base_fat_mm)
 
 
 def sternum_masks(grid: OffsetGrid, g: ChestGeometry) -> tuple[np.ndarray, np.ndarray]:
@@ -1219,12 +1229,25 @@ def paint_mediastinum(hu: np.ndarray, masks: dict[str, np.ndarray], grid: Offset
         for pts in courses.values():
             groove = polyline_tube(grid, pts, h.vessel_radius + h.groove_fat, within=box) & keep
             np.copyto(sub, np.float32(CAC_HU["epicardial_fat"]), where=groove)
+    base_fat = None
+    if anatomy.base_fat_mm > 0:
+        # real hearts hold fat deep in their base, round the aortic root and the proximal coronaries
+        radius = h.vessel_radius + h.groove_fat + anatomy.base_fat_mm
+        n_proximal = max(2, round(anatomy.base_fat_length_mm / 0.5))  # the paths are sampled every 0.5 mm
+        pad = np.zeros(sub.shape, bool)
+        for name in ("LM", "LAD", "LCX", "RCA"):
+            pts = paths[name] if name == "LM" else paths[name][:n_proximal]
+            pad |= polyline_tube(grid, pts, radius, within=box)
+        pad &= keep & ~aorta_outer[box]
+        np.copyto(sub, np.float32(CAC_HU["epicardial_fat"]), where=pad)
+        base_fat = np.zeros(grid.shape, bool)
+        base_fat[box] = pad
     for name in paths:
         np.copyto(sub, np.float32(blood if contrast else HU["vessel"]), where=lumens[name][box])
     masks["coronary_lumen"] = np.logical_or.reduce(list(lumens.values()))
     return Mediastinum(heart=heart, bone=bone, paths=paths, sleeves=sleeves, lumens=lumens, aorta=segs,
                        aortic_root=root, aortic_root_radius=r_root, aortic_axis=axis,
-                       aorta_outer=aorta_outer, geometry=h, anatomy=anatomy)
+                       aorta_outer=aorta_outer, geometry=h, anatomy=anatomy, base_fat=base_fat)
 
 
 # ------------------------------------------------------------------------------------------- calcium placement
@@ -1508,7 +1531,8 @@ def _place_distractors(placer: _Placer, m: Mediastinum, tries: int = 15) -> None
         return p0 + rng.uniform(0.1, 0.9) * (p1 - p0) + (r - 1.0) * q
 
     wall = m.aorta_outer & ~m.heart
-    for kind, where, region in (("valve", valve, m.heart), ("annulus", annulus, m.heart), ("aortic", aortic, wall)):
+    cardiac = m.heart if m.base_fat is None else m.heart & ~m.base_fat  # valve calcium stays out of the fat
+    for kind, where, region in (("valve", valve, cardiac), ("annulus", annulus, cardiac), ("aortic", aortic, wall)):
         for _ in range(int(rng.integers(1, 4))):
             for _ in range(tries):
                 if blob_at(where(), kind, region, int(rng.integers(1, 3))):
