@@ -45,7 +45,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from cac_phantoms import VALIDATION_FIRST_SEED, within_tolerance  # this script runs beside it
+from cac_phantoms import VALIDATION_FIRST_SEED, on_isotropic_grid, within_tolerance  # this script runs beside it
 from scipy import ndimage as ndi
 
 from medhub.cac.scoring import ScoringConvention, score_calcium
@@ -55,7 +55,7 @@ from medhub.io.volume import Volume
 from medhub.masks import dilate_mm
 from medhub.models.cac.model import CAC, CALCIUM_LABEL
 from medhub.models.cac.train import insertion_sites
-from medhub.synth.cac_phantom import agatston_weight, draw_plaque_hu
+from medhub.synth.cac_phantom import agatston_weight, draw_plaque_hu, make_cac_phantom, random_phantom_params
 
 LIDC = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "lidc_chest_ct"
 CASES = ("0187", "0987")
@@ -150,10 +150,6 @@ def lidc_case(case: str) -> tuple[Volume, np.ndarray]:
 def phantom_case(seed: int) -> tuple[Volume, np.ndarray]:
     """A validation phantom without coronary plaques, stent or contrast, on a 3 mm grid, labelled like
     :func:`lidc_case` (heart only)."""
-    from cac_phantoms import on_isotropic_grid
-
-    from medhub.synth.cac_phantom import make_cac_phantom, random_phantom_params
-
     params = {**random_phantom_params(seed), "n_plaques": 0, "stent": False, "contrast": False}
     phantom = make_cac_phantom(**params)
     volume = Volume(phantom.hu, phantom.affine, modality="CT",

@@ -222,6 +222,8 @@ def box_slices(grid: OffsetGrid, lo: np.ndarray, hi: np.ndarray) -> tuple[slice,
 
 
 # ------------------------------------------------------------------------------------------- coronaries
+#: Spacing (mm) of the points along the coronary centrelines.
+PATH_STEP_MM = 0.5
 #: Arteries of every phantom and the share of plaques each gets; with branches (:class:`CoronaryAnatomy`) the
 #: first diagonal, the first obtuse marginal and the posterior descending artery take a share too.
 ARTERY_WEIGHTS = {"LAD": 0.4, "RCA": 0.3, "LCX": 0.2, "LM": 0.1}
@@ -236,9 +238,9 @@ class CoronaryAnatomy:
     The defaults are the one fixed course of the standard phantoms: every vessel at the middle of the epicardial
     fat, the atrioventricular (AV) groove at ``u = -0.42``. :meth:`draw` varies it as real hearts do: where the AV
     groove lies, how far the LAD, LCX and RCA reach, how deep their grooves cut into the myocardium, how they
-    meander, and side branches (first diagonal D1, first obtuse marginal OM1, posterior descending PDA). Without
-    that variation a network can learn where the phantoms' coronaries run instead of what coronary calcium looks
-    like (``benchmarks/cac_lesion_insertion.py``).
+    meander, and side branches (first diagonal D1, first obtuse marginal OM1, posterior descending PDA); with
+    ``base_fat_mm`` a fat pad fills the heart's base round the left main and the proximal arteries. They test
+    whether a network relies on the standard anatomy (cac 0.5.0 does not: ``benchmarks/RESULTS.md``).
     """
 
     av_u: float = -0.42
@@ -265,7 +267,8 @@ class CoronaryAnatomy:
 
 
 def coronary_paths(h: HeartGeometry, aortic_root: np.ndarray, root_radius: float,
-                   anatomy: CoronaryAnatomy = CoronaryAnatomy(), step_mm: float = 0.5, groove_scale: float = 1.0
+                   anatomy: CoronaryAnatomy = CoronaryAnatomy(), step_mm: float = PATH_STEP_MM,
+                   groove_scale: float = 1.0
                    ) -> dict[str, np.ndarray]:
     """Centrelines (N, 3) z, y, x mm of the left main, LAD, LCX and RCA (and with ``anatomy.branches`` D1, OM1
     and PDA), sampled every ``step_mm``.
@@ -1233,7 +1236,7 @@ def paint_mediastinum(hu: np.ndarray, masks: dict[str, np.ndarray], grid: Offset
     if anatomy.base_fat_mm > 0:
         # real hearts hold fat deep in their base, round the aortic root and the proximal coronaries
         radius = h.vessel_radius + h.groove_fat + anatomy.base_fat_mm
-        n_proximal = max(2, round(anatomy.base_fat_length_mm / 0.5))  # the paths are sampled every 0.5 mm
+        n_proximal = max(2, round(anatomy.base_fat_length_mm / PATH_STEP_MM))
         pad = np.zeros(sub.shape, bool)
         for name in ("LM", "LAD", "LCX", "RCA"):
             pts = paths[name] if name == "LM" else paths[name][:n_proximal]
