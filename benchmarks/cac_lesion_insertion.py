@@ -33,7 +33,7 @@ in for DeepCAC's): what is left of the gap between them and the real scans is th
 plaque model.
 
     python benchmarks/cac_lesion_insertion.py [--trials 30] [--csv benchmarks/cac_lesion_insertion.csv]
-                                              [--weights W.pt] [--seed 0] [--no-vessel] [--phantoms N]
+                                              [--weights W.pt] [--seed 0] [--no-vessel] [--phantoms N] [--large]
 """
 
 from __future__ import annotations
@@ -55,7 +55,15 @@ from medhub.io.volume import Volume
 from medhub.masks import dilate_mm
 from medhub.models.cac.model import CAC, CALCIUM_LABEL
 from medhub.models.cac.train import insertion_sites
-from medhub.synth.cac_phantom import agatston_weight, draw_plaque_hu, make_cac_phantom, random_phantom_params
+from medhub.synth.cac_phantom import (
+    LARGE_PLAQUE_AREA_MM2,
+    LARGE_PLAQUE_LENGTH_MM,
+    MID_BIN_HU,
+    agatston_weight,
+    draw_plaque_hu,
+    make_cac_phantom,
+    random_phantom_params,
+)
 
 LIDC = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "lidc_chest_ct"
 CASES = ("0187", "0987")
@@ -66,7 +74,9 @@ PSF_SIGMA_MM = 0.45
 FINE_MM = 0.2
 CLEAR_MM, LUNG_CLEAR_MM = 12.0, 6.0  # sites this far from calcium or bone already there, and from lung
 PLAQUES_PER_TRIAL, MIN_APART_MM = 3, 30.0
-HALF_BOX = 4  # the 3 mm block (voxels each side of the site) that an inserted plaque and its vessel may touch
+#: The 3 mm block (voxels each side of the site) that an inserted plaque and its vessel may touch; wider for the
+#: heavy calcifications (up to 10 mm half-length, plus the slice profile and the resampling).
+HALF_BOX, HALF_BOX_LARGE = 4, 5
 #: Lumen radius (mm) and HU of the vessel around a plaque (non-contrast blood).
 VESSEL_RADIUS_MM, LUMEN_HU = (1.0, 2.0), 40.0
 
@@ -129,13 +139,20 @@ def analytic_agatston(plaque: dict[str, float]) -> float:
     return volume / 3.0 * agatston_weight(plaque["plaque_hu"])
 
 
-def draw_plaque(rng: np.random.Generator) -> dict[str, float]:
+def draw_plaque(rng: np.random.Generator, large: bool = False) -> dict[str, float]:
     """HU, in-plane radius and half-length (mm) of one plaque: the phantoms' HU draw and their 2-25 mm² and 1-8 mm
-    ranges (area uniform here; the phantoms draw it log-uniformly)."""
-    plaque_hu = draw_plaque_hu(rng)
-    area = float(rng.uniform(2.0, 25.0))
+    ranges (area uniform here; the phantoms draw it log-uniformly). ``large``: a heavy calcification as
+    ``make_cac_phantom(large_plaques=True)`` draws it (350 or 600-1000 HU, 12-45 mm², 6-20 mm long)."""
+    if large:
+        plaque_hu = float(MID_BIN_HU[2]) if rng.random() < 0.25 else float(round(rng.uniform(600.0, 1000.0)))
+        area = float(np.exp(rng.uniform(*np.log(LARGE_PLAQUE_AREA_MM2))))
+        half_length = float(rng.uniform(*LARGE_PLAQUE_LENGTH_MM)) / 2.0
+    else:
+        plaque_hu = draw_plaque_hu(rng)
+        area = float(rng.uniform(2.0, 25.0))
+        half_length = float(rng.uniform(0.5, 4.0))
     return {"plaque_hu": plaque_hu, "area_mm2": area, "radius_mm": float(np.sqrt(area / np.pi)),
-            "half_length_mm": float(rng.uniform(0.5, 4.0))}
+            "half_length_mm": half_length}
 
 
 #: Depth bands (mm from the heart mask's edge) of the detection breakdown.
@@ -159,7 +176,7 @@ def phantom_case(seed: int) -> tuple[Volume, np.ndarray]:
 
 
 def run_trials(case: str, volume: Volume, labels: np.ndarray, trials: int, model: CAC, rng: np.random.Generator,
-               vessel: bool = True) -> tuple[list[dict], list[dict]]:
+               vessel: bool = True, large: bool = False) -> tuple[list[dict], list[dict]]:
     hu0, spacing = volume.array.astype(np.float32), volume.spacing
     convention = CAC.convention
     own = score_calcium(hu0, spacing, labels == CALCIUM, convention).agatston
@@ -168,7 +185,8 @@ def run_trials(case: str, volume: Volume, labels: np.ndarray, trials: int, model
     sites = insertion_sites(hu0, labels == HEART, (hu0 >= 130) | (labels == CALCIUM), spacing,
                             clear_mm=CLEAR_MM, lung_clear_mm=LUNG_CLEAR_MM)
     depth_mm = ndi.distance_transform_edt(labels == HEART, sampling=spacing)
-    axes = fine_axes(HALF_BOX, spacing)
+    half_box = HALF_BOX_LARGE if large else HALF_BOX
+    axes = fine_axes(half_box, spacing)
     plaque_rows, scan_rows = [], []
     for trial in range(trials):
         hu = hu0.copy()
@@ -182,12 +200,12 @@ def run_trials(case: str, volume: Volume, labels: np.ndarray, trials: int, model
         footprints = []
         plaques = []
         for site in chosen:
-            plaque = draw_plaque(rng)
+            plaque = draw_plaque(rng, large)
             phase = rng.uniform(0.0, 1.0, 3) * np.asarray(SCANNER_MM)
             centre = rng.uniform(-0.5, 0.5, 3) * np.asarray(spacing)
             inside = ellipsoid(axes, centre, plaque["radius_mm"], plaque["half_length_mm"])
-            box = tuple(slice(int(c) - HALF_BOX, int(c) + HALF_BOX + 1) for c in site)
-            f = imaged_fraction(inside, axes, spacing, HALF_BOX, phase)
+            box = tuple(slice(int(c) - half_box, int(c) + half_box + 1) for c in site)
+            f = imaged_fraction(inside, axes, spacing, half_box, phase)
             lumen = np.zeros_like(f)
             if vessel:  # the plaque sits in the wall of a vessel running in a random direction
                 direction = rng.normal(size=3)
@@ -196,7 +214,7 @@ def run_trials(case: str, volume: Volume, labels: np.ndarray, trials: int, model
                 normal = np.cross(direction, rng.normal(size=3))
                 normal /= np.linalg.norm(normal)
                 wall = cylinder(axes, centre - normal * radius, direction, radius) & ~inside
-                lumen = imaged_fraction(wall, axes, spacing, HALF_BOX, phase)
+                lumen = imaged_fraction(wall, axes, spacing, half_box, phase)
                 plaque["vessel_radius_mm"] = radius
             hu[box] = (1.0 - f - lumen) * hu[box] + lumen * LUMEN_HU + f * plaque["plaque_hu"]
             footprint = np.zeros(hu.shape, bool)
@@ -247,6 +265,8 @@ def main() -> None:
     parser.add_argument("--weights", type=Path, default=None, help="lesion-network weights to try instead")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-vessel", action="store_true", help="insert the plaques bare, without their vessel")
+    parser.add_argument("--large", action="store_true",
+                        help="heavy calcifications (12-45 mm², 6-20 mm long, 350 or 600-1000 HU) instead")
     parser.add_argument("--phantoms", type=int, default=0,
                         help="also insert into this many validation phantoms resampled to 3 mm, for comparison")
     args = parser.parse_args()
@@ -256,13 +276,13 @@ def main() -> None:
     rng = np.random.default_rng(args.seed)
     plaques, scans = [], []
     for case in CASES:
-        p, s = run_trials(case, *lidc_case(case), args.trials, model, rng, vessel=not args.no_vessel)
+        p, s = run_trials(case, *lidc_case(case), args.trials, model, rng, not args.no_vessel, args.large)
         plaques += p
         scans += s
     phantom_plaques = []
     for seed in range(VALIDATION_FIRST_SEED, VALIDATION_FIRST_SEED + args.phantoms):
         phantom_plaques += run_trials(f"phantom {seed}", *phantom_case(seed), args.trials, model, rng,
-                                      vessel=not args.no_vessel)[0]
+                                      not args.no_vessel, args.large)[0]
     write_csv(args.csv, plaques + phantom_plaques)
     visible = [r for r in plaques if r["visible"]]
     print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "

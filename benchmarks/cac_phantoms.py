@@ -12,6 +12,7 @@ the 200/300/400 HU bin edges, partial volume shrinking faint plaques) rather tha
 
     python benchmarks/cac_phantoms.py [--n 60] [--csv benchmarks/cac_heldout_phantoms.csv] [--validation]
                                       [--grid-mm 3] [--imaged-truth] [--coronary-variation] [--base-fat]
+                                      [--large-plaques]
 
 ``--validation`` draws from the training seed range but from seeds no training stage used (5000 onwards, or
 ``--first-seed``), for choosing settings without looking at the held-out set. ``--no-calcium`` draws phantoms without
@@ -24,6 +25,8 @@ a second reading of the truth for comparison: the true plaque mask scored on the
 gives every phantom coronaries whose course, groove depth and side branches vary with the seed (the standard
 phantoms all share one course): does the model find calcium where the phantoms it learnt from had none?
 ``--base-fat`` adds a fat pad deep in the heart's base round the proximal coronaries, as real hearts have.
+``--large-plaques`` adds 1-3 heavy calcifications (longer and wider than the issue's plaques, as in patients with
+high scores); with ``--no-calcium`` they are the only coronary calcium.
 
 Prints the acceptance figures for all three, the model's heart Dice against the phantom's heart, and the ratio of
 the model's success rate to the naive one; writes a per-phantom CSV.
@@ -88,8 +91,11 @@ def on_isotropic_grid(volume: Volume, masks: list[np.ndarray], grid_mm: float
 
 def evaluate(n: int, psf_sigma_mm: tuple[float, float] = CLINICAL_PSF_SIGMA_MM, validation: bool = False,
              grid_mm: float | None = None, imaged_truth: bool = False, weights: Path | None = None,
-             no_calcium: bool = False, first_seed: int = VALIDATION_FIRST_SEED, coronary_variation: bool = False,
-             base_fat: bool = False) -> list[dict]:
+             no_calcium: bool = False, first_seed: int = VALIDATION_FIRST_SEED,
+             variants: dict[str, bool] | None = None) -> list[dict]:
+    """Run the model on ``n`` phantoms and return one row per phantom. ``variants``: phantom options that depart
+    from the standard phantom (``coronary_variation``, ``base_fat``, ``large_plaques`` of
+    :func:`~medhub.synth.cac_phantom.make_cac_phantom`)."""
     model = CAC()
     if weights is not None:  # a trial network instead of the shipped one
         model = type("TrialCAC", (CAC,), {"weights_path": Path(weights)})()
@@ -102,7 +108,7 @@ def evaluate(n: int, psf_sigma_mm: tuple[float, float] = CLINICAL_PSF_SIGMA_MM, 
         params = random_phantom_params(seed, held_out=not validation, psf_sigma_mm=psf_sigma_mm)
         if no_calcium:
             params.update(n_plaques=0, contrast=False)
-        params.update(coronary_variation=coronary_variation, base_fat=base_fat)
+        params.update(variants or {})
         phantom = make_cac_phantom(**params)
         truth = phantom.truth["totals"][TRUTH_CONVENTION]
         flags = phantom.truth.get("flags", {})
@@ -184,10 +190,13 @@ def main() -> None:
                         help="coronaries whose course, groove depth and branches vary with the seed")
     parser.add_argument("--base-fat", action="store_true",
                         help="a fat pad deep in the heart's base round the proximal coronaries")
+    parser.add_argument("--large-plaques", action="store_true",
+                        help="1-3 heavy calcifications (6-20 mm long, 12-45 mm² per slice) besides the others")
     args = parser.parse_args()
     rows = evaluate(args.n, STRESS_PSF_SIGMA_MM if args.stress else CLINICAL_PSF_SIGMA_MM, args.validation,
                     args.grid_mm, args.imaged_truth, args.weights, args.no_calcium, args.first_seed,
-                    args.coronary_variation, args.base_fat)
+                    {"coronary_variation": args.coronary_variation, "base_fat": args.base_fat,
+                     "large_plaques": args.large_plaques})
     write_csv(args.csv, rows)
     ours = summarise(rows, "agatston", "category")
     naive = summarise(rows, "naive_agatston", "naive_category")

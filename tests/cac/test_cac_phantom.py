@@ -284,6 +284,25 @@ def test_base_fat_puts_fat_deep_in_the_heart_base_and_keeps_valve_calcium_out_of
             assert not (padded.coronary_region[v[:, 0], v[:, 1], v[:, 2]]).any()
 
 
+def test_large_plaques_add_heavy_coronary_calcium_and_leave_the_rest_in_place():
+    from medhub.synth.cac_phantom import LARGE_PLAQUE_AREA_MM2
+
+    kw = dict(shape=(60, 160, 160), spacing=(1.5, 1.0, 1.0), n_plaques=3)
+    plain = make_cac_phantom(7, **kw)
+    heavy = make_cac_phantom(7, **kw, large_plaques=True)
+    assert heavy.params["large_plaques"] is True
+    standard = _coronary(plain)
+    added = _coronary(heavy)[len(standard):]
+    assert [p["voxels"] for p in _coronary(heavy)[:len(standard)]] == [p["voxels"] for p in standard]
+    others = [[p["voxels"] for p in ph.truth["plaques"] if not p["is_coronary"]] for ph in (plain, heavy)]
+    assert others[0] == others[1]  # distractors and stent where they were
+    assert 1 <= len(added) <= 3
+    for p in added:
+        assert len(p["slices"]) >= 2 and p["hu"] >= 350.0
+        assert np.mean(p["area_mm2_per_slice"]) >= 0.7 * LARGE_PLAQUE_AREA_MM2[0] - 1.0
+    assert heavy.truth["totals"]["mapped_8_mm2"]["agatston"] > plain.truth["totals"]["mapped_8_mm2"]["agatston"]
+
+
 def test_risk_categories_cover_conventions(fine_edge):
     t = fine_edge.truth["totals"]
     assert set(t) == set(CONVENTIONS)

@@ -181,18 +181,21 @@ def test_training_smoke(tmp_path: Path) -> None:
     assert net.config.base_channels == 2
 
 
-def test_anatomy_shares_leave_every_other_training_parameter_alone() -> None:
-    from medhub.models.cac.train import training_params
+def test_phantom_variant_shares_leave_every_other_training_parameter_alone() -> None:
+    from medhub.models.cac.train import PHANTOM_VARIANTS, training_params
 
     seeds = range(300, 340)
     plain = [training_params(s) for s in seeds]
-    varied = [training_params(s, coronary_variation=0.5) for s in seeds]
-    assert not any(p["coronary_variation"] for p, _ in plain)
-    assert 10 <= sum(p["coronary_variation"] for p, _ in varied) <= 30
-    for (p, to_3mm), (q, to_3mm_q) in zip(plain, varied, strict=True):
-        assert to_3mm == to_3mm_q and {**p, "coronary_variation": None} == {**q, "coronary_variation": None}
-    assert all(p["coronary_variation"] for p, _ in (training_params(s, 1.0) for s in seeds))
-    assert all(p["base_fat"] and not p["coronary_variation"] for p, _ in (training_params(s, 0.0, 1.0) for s in seeds))
+    assert not any(p[option] for p, _ in plain for option in PHANTOM_VARIANTS)
+    for option in PHANTOM_VARIANTS:
+        varied = [training_params(s, {option: 0.5}) for s in seeds]
+        assert 10 <= sum(p[option] for p, _ in varied) <= 30
+        for (p, to_3mm), (q, to_3mm_q) in zip(plain, varied, strict=True):
+            assert to_3mm == to_3mm_q and {**p, option: None} == {**q, option: None}
+        everyone = [p for p, _ in (training_params(s, {option: 1.0}) for s in seeds)]
+        assert all(p[option] and sum(p[o] for o in PHANTOM_VARIANTS) == 1 for p in everyone)
+    with pytest.raises(ValueError, match="unknown phantom variants"):
+        training_params(300, {"giant_heart": 1.0})
 
 
 def test_train_command_is_a_typer_command() -> None:

@@ -237,6 +237,9 @@ def train_command(
     base_fat: Annotated[float, typer.Option("--base-fat", min=0.0, max=1.0,
                                             help="Share of training phantoms with a fat pad deep in the heart's "
                                                  "base round the proximal coronaries.")] = 0.0,
+    large_plaques: Annotated[float, typer.Option("--large-plaques", min=0.0, max=1.0,
+                                                 help="Share of training phantoms with 1-3 heavy calcifications "
+                                                      "(6-20 mm long, 12-45 mm² per slice).")] = 0.0,
 ) -> None:
     """Train the coronary-calcium lesion network on synthetic phantoms (training seeds only)."""
     # Imported here so that other medhub commands start without loading torch.
@@ -252,8 +255,9 @@ def train_command(
                  log=None if console.is_terminal else log_epoch,
                  first_seed=first_seed, init_from=init_from, time_limit_s=time_limit, notes=notes,
                  hard_negatives=hard_negatives, hu_offset=hu_offset, tissue_contrast=tissue_contrast,
-                 insert_plaques=insert_plaques, lr=lr, coronary_variation=coronary_variation,
-                 base_fat=base_fat)
+                 insert_plaques=insert_plaques, lr=lr,
+                 phantom_variants={"coronary_variation": coronary_variation, "base_fat": base_fat,
+                                   "large_plaques": large_plaques})
     Console().print(f"wrote {Path(out).resolve()} (sha256 {side['sha256']}, {side['size_bytes']} bytes) "
                     f"and {sidecar_path(Path(out)).resolve()}")
 

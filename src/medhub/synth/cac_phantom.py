@@ -80,6 +80,10 @@ CAC_HU = {
 
 #: Plaque HUs set mid-bin (Agatston density weights 1, 2, 3, 4); the top bin is drawn from 600-1000 HU.
 MID_BIN_HU = (165.0, 250.0, 350.0)
+#: Heavy coronary calcifications (``make_cac_phantom(large_plaques=True)``): length along z (mm) and in-plane area
+#: per slice (mm²). One that does not fit (longer than the vessel's run across slices near the drawn point, wider
+#: than its fat sleeve on a slice) is tried shorter and narrower.
+LARGE_PLAQUE_LENGTH_MM, LARGE_PLAQUE_AREA_MM2 = (6.0, 20.0), (12.0, 45.0)
 #: Edge-case HUs at the Agatston bin edges.
 BIN_EDGE_HU = (129.0, 130.0, 199.0, 200.0, 299.0, 300.0, 399.0, 400.0)
 #: Names of the edge-case lesions (truth ``edge_case``) that ``edge_cases=True`` adds.
@@ -608,7 +612,8 @@ def make_cac_phantom(seed: int, *, shape: tuple[int, int, int] = DEFAULT_SHAPE,
                      noise_sd: float = 0.0, noise_corr_mm: float = 1.0, blur_mm: float = 0.0,
                      n_plaques: int | None = None, distractors: bool = True, stent: bool = False,
                      contrast: bool = False, edge_cases: bool = False, coronary_variation: bool = False,
-                     base_fat: bool = False, calibration_factor: float = DEFAULT_CALIBRATION) -> CacPhantom:
+                     base_fat: bool = False, large_plaques: bool = False,
+                     calibration_factor: float = DEFAULT_CALIBRATION) -> CacPhantom:
     """Generate a CAC phantom.
 
     Parameters
@@ -644,6 +649,11 @@ def make_cac_phantom(seed: int, *, shape: tuple[int, int, int] = DEFAULT_SHAPE,
     base_fat:
         A fat pad deep in the heart's base round the left main and the first 15-35 mm of LAD, LCX and RCA, 4-10 mm
         wider than their grooves (own random stream too), as real hearts hold round the aortic root.
+    large_plaques:
+        Adds 1-3 heavy coronary calcifications (:data:`LARGE_PLAQUE_LENGTH_MM` long, :data:`LARGE_PLAQUE_AREA_MM2`
+        per slice, 350 or 600-1000 HU), drawn from their own random stream after the standard plaques, so every
+        other calcification stays where it is without them. The issue's plaques (2-25 mm² on 1-4 slices) are the
+        evaluation distribution; heavy calcium of patients with high scores is longer and wider.
     calibration_factor:
         Mass calibration (mg per cm³ per HU) for the truth's mass scores.
     """
@@ -654,7 +664,7 @@ def make_cac_phantom(seed: int, *, shape: tuple[int, int, int] = DEFAULT_SHAPE,
                   noise_sd=float(noise_sd), noise_corr_mm=float(noise_corr_mm), blur_mm=float(blur_mm),
                   n_plaques=n_plaques, distractors=bool(distractors), stent=bool(stent), contrast=bool(contrast),
                   edge_cases=bool(edge_cases), coronary_variation=bool(coronary_variation), base_fat=bool(base_fat),
-                  calibration_factor=float(calibration_factor))
+                  large_plaques=bool(large_plaques), calibration_factor=float(calibration_factor))
     ss = np.random.SeedSequence(int(seed))
     rng_anat, rng_chest, rng_plaque, rng_noise = (np.random.default_rng(s) for s in ss.spawn(4))
 
@@ -671,7 +681,8 @@ def make_cac_phantom(seed: int, *, shape: tuple[int, int, int] = DEFAULT_SHAPE,
     m = paint_mediastinum(hu, masks, grid, g, h, contrast, anatomy)
     calcs, coronary_region, stent_mask = place_calcium(
         hu, grid, m, rng_plaque, n_plaques=n_plaques, distractors=distractors, stent=stent, contrast=contrast,
-        edge_cases=edge_cases)
+        edge_cases=edge_cases,
+        large_plaques=np.random.default_rng([int(seed), 0x1A5E]) if large_plaques else None)
 
     labels = np.zeros(grid.shape, np.uint8)
     labels[m.heart] = HEART
@@ -1354,7 +1365,8 @@ def _pixels_for(area_mm2: float, grid: OffsetGrid) -> int:
 
 
 def place_calcium(hu: np.ndarray, grid: OffsetGrid, m: Mediastinum, rng: np.random.Generator, *,
-                  n_plaques: int | None, distractors: bool, stent: bool, contrast: bool, edge_cases: bool
+                  n_plaques: int | None, distractors: bool, stent: bool, contrast: bool, edge_cases: bool,
+                  large_plaques: np.random.Generator | None = None
                   ) -> tuple[list[Calcification], np.ndarray, np.ndarray | None]:
     """Place coronary plaques, edge cases, the stent and distractors; paint them into ``hu`` (in place).
 
@@ -1439,6 +1451,19 @@ def place_calcium(hu: np.ndarray, grid: OffsetGrid, m: Mediastinum, rng: np.rand
         areas = [float(np.exp(rng.uniform(np.log(2.0), np.log(25.0)))) for _ in range(ns)]
         h = draw_plaque_hu(rng)
         try_plaque(ns, areas, [h] * ns)
+
+    if large_plaques is not None:  # own stream: the plaques above and the distractors below stay as they are
+        standard_rng, rng = rng, large_plaques
+        placer.rng = large_plaques
+        for _ in range(int(rng.integers(1, 4))):
+            ns = max(2, round(float(rng.uniform(*LARGE_PLAQUE_LENGTH_MM)) / grid.spacing[0]))
+            area = float(np.exp(rng.uniform(*np.log(LARGE_PLAQUE_AREA_MM2))))
+            h = float(MID_BIN_HU[2]) if rng.random() < 0.25 else float(round(rng.uniform(600.0, 1000.0)))
+            for _ in range(3):  # what does not fit is tried shorter and narrower
+                if try_plaque(ns, [area * float(rng.uniform(0.7, 1.3)) for _ in range(ns)], [h] * ns):
+                    break
+                ns, area = max(2, (2 * ns) // 3), max(LARGE_PLAQUE_AREA_MM2[0], 0.75 * area)
+        rng = placer.rng = standard_rng
 
     coronary_region = np.logical_or.reduce(list(m.sleeves.values()))
     if stent_mask is not None:

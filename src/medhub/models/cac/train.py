@@ -68,13 +68,20 @@ class Case:
     fat_sites: np.ndarray | None = None  # (F, 3) epicardial-fat voxels where a plaque may be inserted
 
 
-def training_params(seed: int, coronary_variation: float = 0.0, base_fat: float = 0.0
-                    ) -> tuple[dict[str, Any], bool]:
+#: Phantom options a share of training seeds may get (:func:`~medhub.synth.cac_phantom.make_cac_phantom`), with the
+#: key of the random stream that decides which seeds get each.
+PHANTOM_VARIANTS = {"coronary_variation": 0xC0B, "base_fat": 0xBA5F, "large_plaques": 0x1A5F}
+
+
+def training_params(seed: int, variants: dict[str, float] | None = None) -> tuple[dict[str, Any], bool]:
     """Phantom keyword arguments for a training seed, and whether to re-sample the result to 3 mm isotropic.
 
-    ``coronary_variation`` and ``base_fat`` are the shares of seeds whose phantom gets varied coronaries and a fat
-    pad at the heart's base (each drawn from a stream of its own, so every other parameter of a seed stays what it
-    was without them)."""
+    ``variants`` maps options of :data:`PHANTOM_VARIANTS` to the share of seeds whose phantom gets them (each drawn
+    from a stream of its own, so every other parameter of a seed stays what it was without them)."""
+    variants = variants or {}
+    unknown = set(variants) - set(PHANTOM_VARIANTS)
+    if unknown:
+        raise ValueError(f"unknown phantom variants {sorted(unknown)}; known: {sorted(PHANTOM_VARIANTS)}")
     from medhub.synth.cac_phantom import TRAIN_SEEDS
 
     if seed not in TRAIN_SEEDS:
@@ -105,9 +112,9 @@ def training_params(seed: int, coronary_variation: float = 0.0, base_fat: float 
         "stent": bool(rng.random() < 0.15),
         "contrast": False,
         "edge_cases": bool(rng.random() < 0.15),
-        "coronary_variation": bool(np.random.default_rng([int(seed), 0xC0B]).random() < coronary_variation),
-        "base_fat": bool(np.random.default_rng([int(seed), 0xBA5F]).random() < base_fat),
     }
+    for option, stream in PHANTOM_VARIANTS.items():
+        params[option] = bool(np.random.default_rng([int(seed), stream]).random() < variants.get(option, 0.0))
     return params, to_3mm
 
 
@@ -359,7 +366,7 @@ def train(out_path: Path, *, n_train: int = 96, epochs: int = 30, seed: int = 0,
           log: Any = None, checkpoint: bool = False, phantom_overrides: dict[str, Any] | None = None,
           init_from: Path | None = None, notes: str | None = None, hard_negatives: float = 0.0,
           hu_offset: float = HU_OFFSET, tissue_contrast: float = 0.0, insert_plaques: float = 0.0,
-          coronary_variation: float = 0.0, base_fat: float = 0.0) -> dict[str, Any]:
+          phantom_variants: dict[str, float] | None = None) -> dict[str, Any]:
     """Train the lesion network and write ``out_path`` (state dict) plus its JSON sidecar.
 
     Parameters
@@ -394,11 +401,9 @@ def train(out_path: Path, *, n_train: int = 96, epochs: int = 30, seed: int = 0,
         Half-range (HU) of the random shift of fat, independent of soft tissue's (see :func:`sample_batch`).
     insert_plaques:
         Share of patches with a plaque painted into epicardial fat (see :func:`sample_batch`).
-    coronary_variation:
-        Share of training phantoms whose coronaries vary in course, groove depth and branches (see
-        :func:`training_params`).
-    base_fat:
-        Share of training phantoms with a fat pad deep in the heart's base round the proximal coronaries.
+    phantom_variants:
+        Share of training phantoms given each option of :data:`PHANTOM_VARIANTS` (see :func:`training_params`):
+        varied coronaries, a fat pad deep in the heart's base, heavy calcifications.
 
     The learning rate follows a cosine decay from ``lr`` to 5 % of it over the training's progress, measured as
     the larger of the fraction of steps done and, with ``time_limit_s``, the fraction of the time used.
@@ -428,7 +433,7 @@ def train(out_path: Path, *, n_train: int = 96, epochs: int = 30, seed: int = 0,
     with Progress(*columns, disable=not progress) as bar:
         task = bar.add_task("phantoms", total=len(seeds), status="")
         for s in seeds:
-            params, to_3mm = training_params(s, coronary_variation, base_fat)
+            params, to_3mm = training_params(s, phantom_variants)
             if phantom_overrides:
                 params = {**params, **phantom_overrides}
             cases.append(prepare_case(s, params=params, to_3mm=to_3mm))
@@ -489,7 +494,7 @@ def train(out_path: Path, *, n_train: int = 96, epochs: int = 30, seed: int = 0,
             "init_from": None if init_from is None else Path(init_from).name, "notes": notes,
             "time_limit_s": time_limit_s, "hard_negatives": hard_negatives, "hu_offset": hu_offset,
             "tissue_contrast": tissue_contrast, "insert_plaques": insert_plaques,
-            "coronary_variation": coronary_variation, "base_fat": base_fat,
+            **{option: (phantom_variants or {}).get(option, 0.0) for option in PHANTOM_VARIANTS},
             "distribution": "noise SD 0-35 HU correlated 0.5-1.5 mm, blur 0-1 mm, slice spacing 1-3.5 mm, "
                             "in-plane 0.6-1.1 mm, 25% re-sampled to 3 mm isotropic, distractors 90%, stents 15%, "
                             "edge cases 15%, 20% without coronary calcium, no contrast",
