@@ -247,3 +247,14 @@ def test_metal_versus_bone() -> None:
     assert len(records) == 1 and (records[0]["first_slice"], records[0]["last_slice"]) == (5, 14)  # the tube
     assert mask[10, 11, 11] and not mask[9, 41, 41]
     assert is_part_of_bone(hu, (slice(8, 10), slice(40, 42), slice(40, 42)), (1.0, 0.7, 0.7))
+
+
+def test_metal_takes_in_the_struts_that_blur_left_under_the_metal_level() -> None:
+    hu = np.full((30, 40, 40), 40.0, np.float32)
+    region = np.ones(hu.shape, bool)
+    hu[5:25, 18:21, 18:21] = 1300.0  # a stent whose struts mostly stay under METAL_HU ...
+    hu[10, 19, 19] = METAL_HU + 400.0  # ... with one voxel above it
+    hu[5:8, 30:32, 30:32] = 600.0  # calcium apart from it
+    mask, records = find_metal(hu, region, (1.0, 0.7, 0.7))
+    assert len(records) == 1 and (records[0]["first_slice"], records[0]["last_slice"]) == (5, 24)
+    assert mask[5:25, 18:21, 18:21].all() and not mask[5:8, 30:32, 30:32].any()

@@ -129,8 +129,9 @@ class CAC(FolderModel):
 def find_metal(hu: np.ndarray, region: np.ndarray, spacing_mm: tuple[float, float, float]
                ) -> tuple[np.ndarray, list[dict]]:
     """Metal inside ``region``: voxels >= :data:`METAL_HU`, grown by :data:`METAL_BLOOM_VOXELS` to take in their
-    blooming. Dense cortical bone reaches the same HU; an object that is part of bone (:func:`is_part_of_bone`) is
-    not metal.
+    blooming, together with the whole ``>= 130 HU`` lesion (26-connected) they lie in: struts that blur leaves under
+    the metal level belong to the same stent, and the issue excludes a stent's lesion whole. Dense cortical bone
+    reaches the same HU; an object that is part of bone (:func:`is_part_of_bone`) is not metal.
 
     Returns the mask to exclude and one JSON-ready record per metal object (slice range, volume, peak HU).
     """
@@ -142,8 +143,11 @@ def find_metal(hu: np.ndarray, region: np.ndarray, spacing_mm: tuple[float, floa
     core = (hu[within] >= METAL_HU) & region[within]
     if not core.any():
         return grown, []
-    candidates = ndi.binary_dilation(core, structure=ndi.generate_binary_structure(3, 1),
-                                     iterations=METAL_BLOOM_VOXELS) & (hu[within] >= 130)
+    calcified = hu[within] >= 130
+    lesions, _ = ndi.label(calcified, structure=np.ones((3, 3, 3), bool))
+    holding_metal = np.isin(lesions, np.unique(lesions[core]))
+    candidates = (ndi.binary_dilation(core, structure=ndi.generate_binary_structure(3, 1),
+                                      iterations=METAL_BLOOM_VOXELS) & calcified) | holding_metal
     components, _ = ndi.label(candidates, structure=np.ones((3, 3, 3), bool))
     voxel_mm3 = float(np.prod(spacing_mm))
     records = []
