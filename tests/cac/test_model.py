@@ -27,6 +27,22 @@ def _model() -> CAC:
     return CAC()
 
 
+@pytest.mark.parametrize("seed", [5001, 5004])
+def test_heavy_calcium_is_scored(seed: int) -> None:
+    """Heavy calcifications only (longer and wider than the issue's plaques): cac 0.5.0 gave large dense plaques a
+    network probability of 0 and scored these two at 431 of 879 and 30 of 252; 0.6.0 scores them at the truth."""
+    from medhub.synth.cac_phantom import make_cac_phantom, random_phantom_params
+
+    params = {**random_phantom_params(seed), "contrast": False, "n_plaques": 0, "large_plaques": True}
+    phantom = make_cac_phantom(**params)
+    truth = phantom.truth["totals"]["mapped_8_mm2"]
+    values = _model().predict(Volume(phantom.hu, phantom.affine, modality="CT", meta={
+        "nominal_slice_thickness_mm": phantom.slice_thickness_mm})).values
+    assert truth["agatston"] > 200.0
+    assert abs(values["agatston"] - truth["agatston"]) <= 0.1 * truth["agatston"]
+    assert values["risk_category"] == truth["risk_standard"]
+
+
 # ---------------------------------------------------------------------------------------------- real chest CT
 @needs_lidc
 @pytest.mark.parametrize("case, categories", [("0187", {"0"}), ("0987", {"1-99", "100-399"})])
