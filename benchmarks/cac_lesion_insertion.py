@@ -58,8 +58,8 @@ from medhub.models.cac.train import insertion_sites
 from medhub.synth.cac_phantom import (
     LARGE_PLAQUE_AREA_MM2,
     LARGE_PLAQUE_LENGTH_MM,
-    MID_BIN_HU,
     agatston_weight,
+    draw_heavy_plaque_hu,
     draw_plaque_hu,
     make_cac_phantom,
     random_phantom_params,
@@ -144,7 +144,7 @@ def draw_plaque(rng: np.random.Generator, large: bool = False) -> dict[str, floa
     ranges (area uniform here; the phantoms draw it log-uniformly). ``large``: a heavy calcification as
     ``make_cac_phantom(large_plaques=True)`` draws it (350 or 600-1000 HU, 12-45 mm², 6-20 mm long)."""
     if large:
-        plaque_hu = float(MID_BIN_HU[2]) if rng.random() < 0.25 else float(round(rng.uniform(600.0, 1000.0)))
+        plaque_hu = draw_heavy_plaque_hu(rng)
         area = float(np.exp(rng.uniform(*np.log(LARGE_PLAQUE_AREA_MM2))))
         half_length = float(rng.uniform(*LARGE_PLAQUE_LENGTH_MM)) / 2.0
     else:

@@ -1360,6 +1360,11 @@ def draw_plaque_hu(rng: np.random.Generator) -> float:
     return float(MID_BIN_HU[b]) if b < 3 else float(round(rng.uniform(600.0, 1000.0)))
 
 
+def draw_heavy_plaque_hu(rng: np.random.Generator) -> float:
+    """A heavy calcification's HU (``large_plaques``): 350 HU (a quarter) or 600-1000 HU: heavy calcium is dense."""
+    return float(MID_BIN_HU[2]) if rng.random() < 0.25 else float(round(rng.uniform(600.0, 1000.0)))
+
+
 def _pixels_for(area_mm2: float, grid: OffsetGrid) -> int:
     return max(1, round(area_mm2 / (grid.spacing[1] * grid.spacing[2])))
 
@@ -1458,7 +1463,7 @@ def place_calcium(hu: np.ndarray, grid: OffsetGrid, m: Mediastinum, rng: np.rand
         for _ in range(int(rng.integers(1, 4))):
             ns = max(2, round(float(rng.uniform(*LARGE_PLAQUE_LENGTH_MM)) / grid.spacing[0]))
             area = float(np.exp(rng.uniform(*np.log(LARGE_PLAQUE_AREA_MM2))))
-            h = float(MID_BIN_HU[2]) if rng.random() < 0.25 else float(round(rng.uniform(600.0, 1000.0)))
+            h = draw_heavy_plaque_hu(rng)
             for _ in range(3):  # what does not fit is tried shorter and narrower
                 if try_plaque(ns, [area * float(rng.uniform(0.7, 1.3)) for _ in range(ns)], [h] * ns):
                     break
