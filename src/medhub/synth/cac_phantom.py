@@ -1374,6 +1374,8 @@ def place_calcium(hu: np.ndarray, grid: OffsetGrid, m: Mediastinum, rng: np.rand
                   large_plaques: np.random.Generator | None = None
                   ) -> tuple[list[Calcification], np.ndarray, np.ndarray | None]:
     """Place coronary plaques, edge cases, the stent and distractors; paint them into ``hu`` (in place).
+    ``large_plaques``, when given, is the random stream of the heavy calcifications placed after the standard
+    plaques (see :func:`make_cac_phantom`).
 
     Returns the calcifications, the coronary scoring region (fat sleeves, stent excluded) and the stent mask.
     """
