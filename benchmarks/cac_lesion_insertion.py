@@ -266,7 +266,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-vessel", action="store_true", help="insert the plaques bare, without their vessel")
     parser.add_argument("--large", action="store_true",
-                        help="heavy calcifications (12-45 mm², 6-20 mm long, 350 or 600-1000 HU) instead")
+                        help="heavy calcifications ({:g}-{:g} mm², {:g}-{:g} mm long, 350 or 600-1000 HU) instead"
+                        .format(*LARGE_PLAQUE_AREA_MM2, *LARGE_PLAQUE_LENGTH_MM))
     parser.add_argument("--phantoms", type=int, default=0,
                         help="also insert into this many validation phantoms resampled to 3 mm, for comparison")
     args = parser.parse_args()

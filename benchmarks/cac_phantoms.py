@@ -55,6 +55,8 @@ from medhub.synth.cac_phantom import (
     CLINICAL_PSF_SIGMA_MM,
     CORONARY_CALCIUM,
     HELD_OUT_SEEDS,
+    LARGE_PLAQUE_AREA_MM2,
+    LARGE_PLAQUE_LENGTH_MM,
     STRESS_PSF_SIGMA_MM,
     make_cac_phantom,
     random_phantom_params,
@@ -191,7 +193,8 @@ def main() -> None:
     parser.add_argument("--base-fat", action="store_true",
                         help="a fat pad deep in the heart's base round the proximal coronaries")
     parser.add_argument("--large-plaques", action="store_true",
-                        help="1-3 heavy calcifications (6-20 mm long, 12-45 mm² per slice) besides the others")
+                        help="1-3 heavy calcifications ({:g}-{:g} mm long, {:g}-{:g} mm² per slice) besides the "
+                        "others".format(*LARGE_PLAQUE_LENGTH_MM, *LARGE_PLAQUE_AREA_MM2))
     args = parser.parse_args()
     rows = evaluate(args.n, STRESS_PSF_SIGMA_MM if args.stress else CLINICAL_PSF_SIGMA_MM, args.validation,
                     args.grid_mm, args.imaged_truth, args.weights, args.no_calcium, args.first_seed,
