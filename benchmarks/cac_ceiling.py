@@ -60,7 +60,7 @@ def readings(seed: int) -> dict[str, float] | None:
     return {
         "truth": phantom.truth["totals"][TRUTH_CONVENTION]["agatston"],
         "ceiling": score_calcium(image, spacing, footprint, mapped).agatston,
-        "true weight": score_calcium(intrinsic, spacing, footprint & (image >= 130.0), as_is).agatston,
+        "true weight": score_calcium(intrinsic, spacing, footprint & (image >= mapped.threshold_hu), as_is).agatston,
         "true footprint": score_calcium(image, spacing, footprint, as_is).agatston,
         "both true": score_calcium(intrinsic, spacing, footprint, mapped).agatston,
     }
