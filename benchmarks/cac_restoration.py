@@ -42,6 +42,7 @@ from scipy import ndimage as ndi
 from torch import nn
 
 from medhub.cac.scoring import ScoringConvention, risk_category, score_calcium
+from medhub.masks import crop_centred
 from medhub.models.cac.lesions import CANDIDATE_HU, half_maximum_footprint
 from medhub.synth.cac_phantom import HELD_OUT_SEEDS, make_cac_phantom, random_phantom_params
 
@@ -58,14 +59,6 @@ def lesion_groups(mask: np.ndarray) -> tuple[np.ndarray, int]:
     return np.where(mask, labels, 0), n
 
 
-def crop(array: np.ndarray, centre: np.ndarray, fill: float) -> np.ndarray:
-    out = np.full(PATCH, fill, array.dtype)
-    lo = [int(c) - s // 2 for c, s in zip(centre, PATCH, strict=True)]
-    src = tuple(slice(max(a, 0), min(a + s, n)) for a, s, n in zip(lo, PATCH, array.shape, strict=True))
-    out[tuple(slice(s.start - a, s.stop - a) for s, a in zip(src, lo, strict=True))] = array[src]
-    return out
-
-
 def group_inputs(hu: np.ndarray, spacing: tuple[float, float, float], thickness_mm: float, mask: np.ndarray
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per group: patches ``(N, 3, *PATCH)`` float16 (HU clipped to -300..1500 / 400, the group, the other
@@ -80,9 +73,9 @@ def group_inputs(hu: np.ndarray, spacing: tuple[float, float, float], thickness_
             continue
         score = score_calcium(image, spacing, group, MAPPED).agatston
         centre = np.round(np.argwhere(group).mean(axis=0)).astype(int)
-        patches.append(np.stack([np.clip(crop(image, centre, -100.0), -300, 1500) / 400.0,
-                                 crop(group, centre, False).astype(np.float32),
-                                 crop(mask & ~group, centre, False).astype(np.float32)]).astype(np.float16))
+        channels = [np.clip(crop_centred(image, centre, PATCH, -100.0), -300, 1500) / 400.0,
+                    crop_centred(group, centre, PATCH, False), crop_centred(mask & ~group, centre, PATCH, False)]
+        patches.append(np.stack([c.astype(np.float32) for c in channels]).astype(np.float16))
         volume = group.sum() * float(np.prod(spacing))
         scalars.append([spacing[0], thickness_mm, spacing[1], np.log1p(score), np.log1p(volume),
                         float(image[group].max()) / 400])

@@ -104,6 +104,17 @@ def crop_box(mask: np.ndarray, pad: tuple[int, int, int]) -> tuple[slice, ...] |
     )
 
 
+def crop_centred(array: np.ndarray, centre: Sequence[int], shape: Sequence[int], fill: float) -> np.ndarray:
+    """The block of ``shape`` voxels round index ``centre`` (its first voxel at ``centre - shape // 2``), with
+    ``fill`` where the block leaves the array; a copy, in ``array``'s dtype."""
+    lo = [int(c) - int(n) // 2 for c, n in zip(centre, shape, strict=True)]
+    out = np.full(tuple(int(n) for n in shape), fill, dtype=array.dtype)
+    src = tuple(slice(max(0, a), max(0, a, min(size, a + int(n))))  # empty where the block misses the array
+                for a, n, size in zip(lo, shape, array.shape, strict=True))
+    out[tuple(slice(s.start - a, s.stop - a) for s, a in zip(src, lo, strict=True))] = array[src]
+    return out
+
+
 def dilate_mm(mask: np.ndarray, spacing_mm: Sequence[float], radius_mm: float) -> np.ndarray:
     """``mask`` dilated by a ball of ``radius_mm`` (Euclidean, anisotropic spacing), bool on the same grid: exactly
     ``distance_transform_edt(~mask, sampling=spacing_mm) <= radius_mm``, computed on the mask's bounding box."""

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from medhub.masks import crop_box, dilate_ball
+from medhub.masks import crop_box, crop_centred, dilate_ball
 from medhub.models.cac.heart import (
     _ball_open,
     _block_mean_fast,
@@ -68,6 +68,21 @@ def test_crop_box_and_fill_holes():
             )
             assert crop_box(mask, pad) == expected
         assert np.array_equal(_fill_holes_3d(mask), ndi.binary_fill_holes(mask))
+
+
+def test_crop_centred_equals_padding_then_slicing():
+    rng = np.random.default_rng(12)
+    for _ in range(50):
+        array = rng.integers(-1000, 1000, tuple(int(n) for n in rng.integers(1, 15, 3))).astype(np.int16)
+        shape = tuple(int(n) for n in rng.integers(1, 9, 3))
+        centre = tuple(int(rng.integers(-3, n + 3)) for n in array.shape)
+        pad = max(shape) + 4
+        padded = np.pad(array, pad, constant_values=-2000)
+        start = [c - n // 2 + pad for c, n in zip(centre, shape, strict=True)]
+        expected = padded[tuple(slice(a, a + n) for a, n in zip(start, shape, strict=True))]
+        out = crop_centred(array, centre, shape, -2000)
+        assert out.dtype == array.dtype and out.shape == shape
+        assert np.array_equal(out, expected)
 
 
 def test_upsample_smooth_is_linear_zoom_thresholded():

@@ -32,7 +32,7 @@ from scipy import ndimage as ndi
 
 from medhub.hub.card import sha256_file
 from medhub.learn.unet3d import UNet3D, UNet3DConfig
-from medhub.masks import dilate_mm
+from medhub.masks import crop_centred, dilate_mm
 from medhub.models.cac.lesions import (
     CANDIDATE_HU,
     DEFAULT_NET,
@@ -194,15 +194,6 @@ def prepare_case(seed: int, rng: np.random.Generator | None = None, params: dict
                 region=region_idx, info=info, fat_sites=fat_sites)
 
 
-def _crop(array: np.ndarray, centre: np.ndarray, size: int, fill: float) -> np.ndarray:
-    lo = np.asarray(centre) - size // 2
-    out = np.full((size,) * 3, fill, dtype=array.dtype)
-    src = tuple(slice(max(0, a), min(n, a + size)) for a, n in zip(lo, array.shape, strict=True))
-    dst = tuple(slice(s.start - a, s.stop - a) for s, a in zip(src, lo, strict=True))
-    out[dst] = array[src]
-    return out
-
-
 #: Default half-range (HU) of the global HU offset added to each training patch.
 HU_OFFSET = 8.0
 #: Fat level (HU) of the phantoms that :func:`remap_tissue_contrast` moves (with their soft tissue,
@@ -328,10 +319,10 @@ def sample_batch(cases: list[Case], rng: np.random.Generator, batch: int, patch:
             centre = case.fat_sites[int(rng.integers(len(case.fat_sites)))]
         else:
             centre = pool[int(rng.integers(len(pool)))] + rng.integers(-patch // 4, patch // 4 + 1, 3)
-        hu = _crop(case.hu, centre, patch, -1000).astype(np.float32)
-        target = _crop(case.target, centre, patch, False)
-        weight = _crop(case.weight, centre, patch, 0.05).astype(np.float32)
-        dice_mask = _crop(case.dice_mask, centre, patch, False)
+        hu = crop_centred(case.hu, centre, (patch,) * 3, -1000).astype(np.float32)
+        target = crop_centred(case.target, centre, (patch,) * 3, False)
+        weight = crop_centred(case.weight, centre, (patch,) * 3, 0.05).astype(np.float32)
+        dice_mask = crop_centred(case.dice_mask, centre, (patch,) * 3, False)
         if inserting:
             insert_plaque(hu, target, weight, dice_mask, rng)
         if tissue_contrast > 0:
