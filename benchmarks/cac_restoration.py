@@ -162,13 +162,12 @@ def make_data(first_seed: int, n: int, out: Path, masks: str, dense: bool) -> No
             continue
         p, s, std, groups = group_inputs(phantom.hu, phantom.spacing, phantom.slice_thickness_mm, mask)
         held, lost = group_truth(intrinsic, phantom.spacing, groups)
-        labels = [g for g in range(1, int(groups.max()) + 1) if (groups == g).any()]
         total = phantom.truth["totals"][TRUTH_CONVENTION]["agatston"]
         if len(p):
             patches.append(p)
             scalars.append(s)
             standard.append(std)
-            truth.append([held.get(g, 0.0) for g in labels])
+            truth.append([held.get(int(g), 0.0) for g in np.unique(groups[groups > 0])])
             group_seed.append(np.full(len(p), seed))
         meta.append([seed, len(p), sum(held.values()), lost, total, float(std.sum())])
         print(f"seed {seed}: {len(p)} groups, truth {total:.1f} (lost {lost:.1f}), standard {std.sum():.1f}  "
