@@ -269,18 +269,17 @@ def train(data: dict[str, np.ndarray], val: dict[str, np.ndarray], steps: int, o
 
 
 def evaluate(net: GroupRestorationNet, data: dict[str, np.ndarray]) -> None:
-    restored = restore(net, data)
-    for (seed, truth, standard), (_s, _t, estimate) in zip(phantom_scores(data, data["std"]),
-                                                          phantom_scores(data, restored), strict=True):
-        if not (within_tolerance(standard, truth) and within_tolerance(estimate, truth)):
-            print(f"seed {seed}: truth {truth:7.1f}  standard {standard:7.1f} "
-                  f"{'ok' if within_tolerance(standard, truth) else '--'}  restored {estimate:7.1f} "
-                  f"{'ok' if within_tolerance(estimate, truth) else '--'}")
-    for name, per_group in (("standard", data["std"]), ("restored", restored)):
-        scores = phantom_scores(data, per_group)
+    readings = {"standard": phantom_scores(data, data["std"]), "restored": phantom_scores(data, restore(net, data))}
+    for (seed, truth, standard), (_s, _t, estimate) in zip(*readings.values(), strict=True):
+        ok = within_tolerance(standard, truth), within_tolerance(estimate, truth)
+        if not all(ok):
+            print(f"seed {seed}: truth {truth:7.1f}  standard {standard:7.1f} {'ok' if ok[0] else '--'}  "
+                  f"restored {estimate:7.1f} {'ok' if ok[1] else '--'}")
+    for name, scores in readings.items():
         none = [score for _seed, truth, score in scores if truth == 0]
+        within_count = sum(within_tolerance(score, truth) for _seed, truth, score in scores)
         same_category = sum(risk_category(score) == risk_category(truth) for _seed, truth, score in scores)
-        print(f"{name:>9}: within ±10 %/±5 of the analytic truth {within(data, per_group)}/{len(scores)}, "
+        print(f"{name:>9}: within ±10 %/±5 of the analytic truth {within_count}/{len(scores)}, "
               f"category {same_category}/{len(scores)}, zero when none {sum(v == 0 for v in none)}/{len(none)}")
 
 
