@@ -226,3 +226,28 @@ def test_damaged_real_series_end_to_end(shared_data, tmp_path):
     assert seg.StudyInstanceUID == surrogates["StudyInstanceUID"]
     for kind in ("seg", "sr"):
         assert dciodvfy_errors(Path(result.outputs[kind])) == [], kind
+
+
+def test_every_weights_file_of_a_model_is_checked_before_a_run(tmp_path):
+    """The card's ``extra_weights`` (cac's restoration network) are checked like its main weights."""
+    import shutil
+
+    from medhub.errors import ModelError
+    from medhub.hub.runner import check_model_runnable, provenance_record
+    from medhub.models.cac.model import CAC
+
+    shutil.copy(CAC.folder / "card.yaml", tmp_path / "card.yaml")
+    shutil.copytree(CAC.folder / "weights", tmp_path / "weights")
+    copy = type("CopiedCAC", (CAC,), {"folder": tmp_path})()
+    assert check_model_runnable(copy) == copy.card.weights.sha256
+    (extra,) = provenance_record(copy, copy.card.weights.sha256)["model"]["extra_weights"]
+    assert extra["sha256"] == copy.card.extra_weights[0].sha256 and extra["trained_on"]
+
+    restoration = tmp_path / copy.card.extra_weights[0].file
+    restoration.write_bytes(restoration.read_bytes() + b"changed")
+    with pytest.raises(ModelError, match=r"cac_restoration\.pt has sha256") as changed:
+        check_model_runnable(copy)
+    assert changed.value.code == "weights-mismatch"
+    restoration.unlink()
+    with pytest.raises(ModelError, match=r"cac_restoration\.pt is missing"):
+        check_model_runnable(copy)

@@ -104,6 +104,7 @@ class Weights(Strict):
     size_bytes: int = Field(ge=0)
     license: str
     trained_on: str = Field(description="Plainly: what data these weights were trained on.")
+    purpose: str = Field("", description="What the model uses these weights for, when it has more than one file.")
 
 
 class Resources(Strict):
@@ -134,6 +135,10 @@ class ModelCard(Strict):
     )
     needs_weights: bool = Field(
         False, description="True when the model cannot run without trained weights."
+    )
+    extra_weights: list[Weights] = Field(
+        default_factory=list, description="Further weights files the model loads (e.g. a second network), each "
+        "checked against its sha256 before a run like ``weights``."
     )
     training_data: str = ""
     evaluation: str = ""

@@ -18,7 +18,7 @@ import numpy as np
 
 from medhub import __version__
 from medhub.errors import InputError, MedhubError, ModelError, OutputError
-from medhub.hub.card import ModelCard, sha256_file
+from medhub.hub.card import ModelCard, Weights, sha256_file
 from medhub.hub.cases import Case, Discovery, discover_cases
 from medhub.hub.model import Model, Prediction
 from medhub.hub.registry import get_model
@@ -64,31 +64,27 @@ class RunReport:
         return [r for r in self.results if not r.ok]
 
 
-def weights_sha256(model: Model) -> str | None:
-    """sha256 of the model's weights file, or ``None`` for a model without weights."""
-    card = model.card
-    if card.weights is None:
-        return None
+def _weights_file(model: Model, weights: Weights) -> Path:
     folder = getattr(model, "folder", None)
-    path = Path(folder) / card.weights.file if folder is not None else Path(card.weights.file)
-    return sha256_file(path) if path.exists() else None
+    return Path(folder) / weights.file if folder is not None else Path(weights.file)
 
 
 def check_model_runnable(model: Model) -> str | None:
-    """Refuse a model whose card says it needs weights it does not have; return the weights sha256."""
+    """Refuse a model whose card says it needs weights it does not have, or whose weights files (``weights`` and
+    ``extra_weights``) are missing or differ from the card's sha256; return the main weights' sha256."""
     card = model.card
-    if card.weights is None:
-        if card.needs_weights:
-            raise ModelError(card.id, "this model has no trained weights (see `medhub info "
-                             f"{card.id}`); it refuses to run rather than make up outputs", code="no-weights")
-        return None
-    digest = weights_sha256(model)
-    if digest is None:
-        raise ModelError(card.id, f"weights file {card.weights.file} is missing", code="no-weights")
-    if digest != card.weights.sha256:
-        raise ModelError(card.id, f"weights file {card.weights.file} has sha256 {digest[:12]}…, the card "
-                         f"expects {card.weights.sha256[:12]}…", code="weights-mismatch")
-    return digest
+    if card.weights is None and card.needs_weights:
+        raise ModelError(card.id, "this model has no trained weights (see `medhub info "
+                         f"{card.id}`); it refuses to run rather than make up outputs", code="no-weights")
+    for weights in ([card.weights] if card.weights else []) + list(card.extra_weights):
+        path = _weights_file(model, weights)
+        if not path.exists():
+            raise ModelError(card.id, f"weights file {weights.file} is missing", code="no-weights")
+        digest = sha256_file(path)
+        if digest != weights.sha256:
+            raise ModelError(card.id, f"weights file {weights.file} has sha256 {digest[:12]}…, the card "
+                             f"expects {weights.sha256[:12]}…", code="weights-mismatch")
+    return card.weights.sha256 if card.weights else None
 
 
 def check_case(card: ModelCard, case: Case) -> None:
@@ -267,7 +263,9 @@ def provenance_record(model: Model, weights_digest: str | None) -> dict[str, Any
         "medhub_version": __version__,
         "model": {"id": card.id, "name": card.name, "version": card.version,
                   "weights_sha256": weights_digest,
-                  "weights_trained_on": card.weights.trained_on if card.weights else None},
+                  "weights_trained_on": card.weights.trained_on if card.weights else None,
+                  "extra_weights": [{"file": w.file, "sha256": w.sha256, "purpose": w.purpose,
+                                     "trained_on": w.trained_on} for w in card.extra_weights]},
         "packages": records.package_versions(),
         "host": records.host_info(),
         "started_utc": records.utc_now(),
