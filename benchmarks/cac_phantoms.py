@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from medhub.cac.scoring import ScoringConvention, score_calcium
+from medhub.cac.scoring import ScoringConvention, risk_category, score_calcium
 from medhub.errors import MedhubError
 from medhub.hub.verify import dice
 from medhub.io.nifti import image_to_volume, volume_to_image
@@ -127,12 +127,15 @@ def evaluate(n: int, psf_sigma_mm: tuple[float, float] = CLINICAL_PSF_SIGMA_MM, 
         start = time.perf_counter()
         try:
             prediction = model.predict(volume)
+            restored = prediction.values.get("agatston_restored")
             row.update(status="ok", agatston=prediction.values["agatston"],
-                       category=prediction.values["risk_category"],
+                       category=prediction.values["risk_category"], agatston_restored=restored,
+                       restored_category=None if restored is None else risk_category(restored),
                        heart_dice=round(dice(prediction.labels > 0, heart), 3),
                        metal_flagged=any("metal" in w for w in prediction.warnings), refusal="")
         except MedhubError as e:
-            row.update(status="refused", agatston=None, category=None, heart_dice=None, metal_flagged=False,
+            row.update(status="refused", agatston=None, category=None, agatston_restored=None,
+                       restored_category=None, heart_dice=None, metal_flagged=False,
                        refusal=e.code)
         row["seconds"] = round(time.perf_counter() - start, 2)
 
@@ -202,6 +205,7 @@ def main() -> None:
                      "large_plaques": args.large_plaques})
     write_csv(args.csv, rows)
     ours = summarise(rows, "agatston", "category")
+    restored = summarise(rows, "agatston_restored", "restored_category")
     naive = summarise(rows, "naive_agatston", "naive_category")
     perfect = summarise(rows, "truth_mask_agatston", "truth_mask_category")
     dices = [r["heart_dice"] for r in rows if r["heart_dice"] is not None]
@@ -210,7 +214,8 @@ def main() -> None:
     print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; {len(rows)} "
           f"{'validation' if args.validation else 'held-out'} phantoms (seeds {rows[0]['seed']}..{rows[-1]['seed']}); "
           f"truth convention {TRUTH_CONVENTION}{f'; resampled to {args.grid_mm} mm' if args.grid_mm else ''}")
-    for name, s in (("medhub cac", ours), ("naive ROI threshold", naive), ("ceiling: true mask", perfect)):
+    for name, s in (("medhub cac", ours), ("medhub cac restored", restored), ("naive ROI threshold", naive),
+                    ("ceiling: true mask", perfect)):
         print(f"{name:20s} within ±10%/±5: {s['within_tolerance']:.0%}  category: {s['category_equal']:.0%}  "
               f"zero when none: {s['zero_when_no_calcium']:.0%} (of {s['n_no_calcium']})  n={s['n']}")
     vs_ceiling = [r for r in rows if not r["contrast"] and r["agatston"] is not None]

@@ -60,6 +60,10 @@ def test_real_lidc_scores(case: str, categories: set[str]) -> None:
         found = prediction.labels == 2
         assert found.any() and (found & ref).sum() == found.sum()  # every voxel it scores is DeepCAC calcium
     assert not prediction.extra["metal"]  # cortical bone is not taken for a stent
+    # 3 mm voxels lie outside what the restoration was trained on: it says so instead of extrapolating
+    assert "agatston_restored" not in prediction.values
+    assert any(w.startswith("restored Agatston (research estimate) not computed: pixel spacing 3.00 mm outside")
+               for w in prediction.warnings)
 
 
 @needs_lidc
@@ -103,15 +107,8 @@ def test_run_writes_coded_referenced_seg_and_sr_and_a_lesion_table(tmp_path: Pat
     segments = {s.SegmentedPropertyTypeCodeSequence[0].CodeValue for s in seg.SegmentSequence}
     assert segments == {"80891009", "29483008"}  # SNOMED CT heart, calcified atheromatous plaque
     sr = pydicom.dcmread(result.outputs["sr"])
-
-    def concepts(items: pydicom.Sequence) -> set[str]:
-        found = set()
-        for item in items:
-            found |= {code.CodeValue for code in item.get("ConceptNameCodeSequence", [])}
-            found |= concepts(item.get("ContentSequence", []))
-        return found
-
-    assert {"450360000", "122660", "122661"} <= concepts(sr.ContentSequence)  # Agatston, volume, mass
+    concepts = {code.CodeValue for code in _concept_codes(sr.ContentSequence)}
+    assert {"450360000", "122660", "122661"} <= concepts  # Agatston, volume, mass
     assert dciodvfy_errors(Path(result.outputs["seg"])) == [] and dciodvfy_errors(Path(result.outputs["sr"])) == []
 
     with open(result.outputs["lesions"], newline="") as f:
@@ -119,6 +116,39 @@ def test_run_writes_coded_referenced_seg_and_sr_and_a_lesion_table(tmp_path: Pat
     assert tuple(rows[0]) == Lesion.COLUMNS and len(rows) == result.values["lesion_count"]
     assert sum(float(r["agatston"]) for r in rows) == pytest.approx(result.values["agatston"])
     assert json.loads((tmp_path / "out" / "run.json").read_text())["model"]["version"] == _model().card.version
+
+
+def test_restored_agatston_is_reported_beside_the_image_score_with_its_own_code(tmp_path: Path) -> None:
+    """On a scan like those it was trained on, the SR carries the restored score under medhub's own code next to
+    the image-based Agatston (SNOMED CT), and the per-group estimates add up to it."""
+    import pydicom
+
+    from medhub.hub.runner import run
+    from medhub.synth.cac_phantom import random_phantom_params, write_cac_phantom
+    from tests.io.dicom_sources import dciodvfy_errors
+
+    phantom = make_cac_phantom(**{**random_phantom_params(5002), "contrast": False, "stent": False})
+    write_cac_phantom(phantom, tmp_path / "phantom", nifti=False)
+    result = run(_model(), tmp_path / "phantom" / "dicom", tmp_path / "out").results[0]
+    assert result.ok, result.message
+    assert result.values["agatston"] > 0 and result.values["agatston_restored"] > 0
+    record = json.loads(Path(result.outputs["json"]).read_text())
+    groups = record["extra"]["restoration"]["groups"]
+    assert sum(g["restored_agatston"] for g in groups) == pytest.approx(result.values["agatston_restored"], abs=0.01)
+    assert sum(g["image_agatston"] for g in groups) == pytest.approx(result.values["agatston"], abs=0.01)
+    sr = pydicom.dcmread(result.outputs["sr"])
+    codes = {(c.CodingSchemeDesignator, c.CodeValue) for c in _concept_codes(sr.ContentSequence)}
+    assert {("SCT", "450360000"), ("99MEDHUB", "CAC-RESTORED")} <= codes
+    assert dciodvfy_errors(Path(result.outputs["sr"])) == []
+
+
+def _concept_codes(items) -> list:
+    """Every ConceptNameCodeSequence item in an SR content tree."""
+    found = []
+    for item in items:
+        found += list(item.get("ConceptNameCodeSequence", []))
+        found += _concept_codes(item.get("ContentSequence", []))
+    return found
 
 
 def test_abdomen_without_heart_is_refused_not_scored(shared_data: Path, tmp_path: Path) -> None:

@@ -12,7 +12,9 @@ Pipeline on a :class:`~medhub.io.volume.Volume` (HU, LPS), viewed in canonical o
    PSF's spread of dense calcium; lesions touching lung are dropped (pulmonary), and so are specks that noise
    alone explains (under 4 mm² and under 4.5 noise SDs above the heart's soft tissue);
 5. scores with :func:`medhub.cac.scoring.score_calcium` in the "mapped" convention (lesion mask ∩ >= 130 HU,
-   2D 8-connected lesions, minimum area 1 mm², Δz = real slice spacing).
+   2D 8-connected lesions, minimum area 1 mm², Δz = real slice spacing);
+6. beside it, a research estimate of the blur-free score (:mod:`.restoration`, value ``agatston_restored``),
+   only for scans like those it was trained on; the risk category stays the image-based one.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from medhub.models.cac.lesions import (
     segment_calcium,
     soft_tissue_noise,
 )
+from medhub.models.cac.restoration import restore_agatston
 
 HEART_LABEL, CALCIUM_LABEL = 1, 2
 
@@ -61,6 +64,9 @@ DEFAULT_CALIBRATION_MG_CM3_PER_HU = 0.743
 #: heart mask falls short of the heart's base and of the aortic root (left main) by up to 9 mm on the phantoms; the
 #: lesion network was trained on regions 3-12 mm around the heart.
 HEART_MARGIN_MM = 10.0
+
+#: The restoration network's weights, relative to the model folder (the card's ``extra_weights``).
+RESTORATION_WEIGHTS = "weights/cac_restoration.pt"
 
 
 class CAC(FolderModel):
@@ -101,10 +107,16 @@ class CAC(FolderModel):
                               calibration_factor=DEFAULT_CALIBRATION_MG_CM3_PER_HU,
                               nominal_slice_thickness_mm=volume.meta.get("nominal_slice_thickness_mm"))
 
+        calcium = lesions & (hu >= self.convention.threshold_hu)
+        thickness = volume.meta.get("nominal_slice_thickness_mm") or spacing[0]
+        restored = restore_agatston(hu, spacing, float(thickness), calcium, self.folder / RESTORATION_WEIGHTS)
+        if restored.reason is not None:
+            warnings.append(f"restored Agatston (research estimate) not computed: {restored.reason}")
+
         labels = heart.mask.astype(np.uint8) * np.uint8(HEART_LABEL)
         box = crop_box(lesions, (0, 0, 0))
         if box is not None:
-            labels[box][lesions[box] & (hu[box] >= self.convention.threshold_hu)] = CALCIUM_LABEL
+            labels[box][calcium[box]] = CALCIUM_LABEL
         labels = np.ascontiguousarray(undo_canonical(labels, orientation))  # back to the file's order
         values: dict[str, float | str] = {
             "agatston": round(score.agatston, 3),
@@ -115,13 +127,17 @@ class CAC(FolderModel):
             "heart_volume_ml": round(heart.volume_ml, 1),
             "scoring_convention": score.convention.describe(),
         }
+        if restored.agatston is not None:
+            values["agatston_restored"] = restored.agatston
         return Prediction(
             labels=labels, values=values, warnings=warnings,
             extra={"index_order": INDEX_ORDER, "score": score.to_dict(), "metal": metal, "dropped_lesions": dropped,
                    "heart": {"coverage": heart.coverage, "blood_pool_hu": heart.blood_pool_hu,
                              "soft_tissue_hu": round(tissue_hu, 1) if np.isfinite(tissue_hu) else None,
                              "noise_sd_hu": round(noise_sd, 1) if np.isfinite(noise_sd) else None,
-                             **heart.info}},
+                             **heart.info},
+                   "restoration": {"agatston": restored.agatston, "edge_sigma_mm": restored.edge_sigma_mm,
+                                   "reason": restored.reason, "groups": restored.groups}},
             tables={"lesions": Table(Lesion.COLUMNS, [lesion.to_dict() for lesion in score.lesions])},
         )
 
