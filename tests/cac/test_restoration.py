@@ -9,7 +9,7 @@ import torch
 from scipy import ndimage as ndi
 
 from medhub.hub.card import load_card, sha256_file
-from medhub.models.cac.model import CAC, RESTORATION_WEIGHTS
+from medhub.models.cac.model import CAC
 from medhub.models.cac.restoration import (
     DEFAULT_WEIGHTS,
     GroupRestorationNet,
@@ -45,7 +45,7 @@ def test_outside_trained_range_names_the_parameter_and_the_range() -> None:
 def test_shipped_restoration_weights_match_the_card_and_their_sidecar() -> None:
     card = load_card(CAC.folder / "card.yaml")
     (entry,) = card.extra_weights
-    assert CAC.folder / entry.file == CAC.folder / RESTORATION_WEIGHTS == DEFAULT_WEIGHTS
+    assert CAC.folder / entry.file == DEFAULT_WEIGHTS
     assert entry.sha256 == sha256_file(DEFAULT_WEIGHTS) == sidecar(DEFAULT_WEIGHTS)["sha256"]
     assert entry.trained_on.startswith("Synthetic chest CT phantoms only")
     trained = sidecar(DEFAULT_WEIGHTS)["trained_range"]

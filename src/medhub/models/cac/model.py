@@ -65,9 +65,6 @@ DEFAULT_CALIBRATION_MG_CM3_PER_HU = 0.743
 #: lesion network was trained on regions 3-12 mm around the heart.
 HEART_MARGIN_MM = 10.0
 
-#: The restoration network's weights, relative to the model folder (the card's ``extra_weights``).
-RESTORATION_WEIGHTS = "weights/cac_restoration.pt"
-
 
 class CAC(FolderModel):
     folder = Path(__file__).parent
@@ -109,7 +106,7 @@ class CAC(FolderModel):
 
         calcium = lesions & (hu >= self.convention.threshold_hu)
         thickness = volume.meta.get("nominal_slice_thickness_mm") or spacing[0]
-        restored = restore_agatston(hu, spacing, float(thickness), calcium, self.folder / RESTORATION_WEIGHTS)
+        restored = restore_agatston(hu, spacing, float(thickness), calcium)
         if restored.reason is not None:
             warnings.append(f"restored Agatston (research estimate) not computed: {restored.reason}")
 

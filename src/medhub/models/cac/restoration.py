@@ -46,13 +46,14 @@ NET_PATCH = (7, 16, 16)
 #: HU window of the image channel (clipped, then divided by 400).
 PATCH_HU = (-300.0, 1500.0)
 MAPPED = ScoringConvention(mode="mapped")
+#: The shipped weights (the card's ``extra_weights``).
 DEFAULT_WEIGHTS = Path(__file__).with_name("weights") / "cac_restoration.pt"
 _CUBE = np.ones((3, 3, 3), bool)
 
 
 def lesion_groups(mask: np.ndarray) -> tuple[np.ndarray, int]:
-    """Group labels on the voxels of ``mask`` (0 elsewhere): 26-connected components of the mask grown by one
-    voxel. Labels without voxels of ``mask`` can occur (``n`` counts them) and are skipped by the callers."""
+    """Group labels on the voxels of ``mask`` (0 elsewhere), 1 to ``n``: 26-connected components of the mask grown
+    by one voxel."""
     labels, n = ndi.label(ndi.binary_dilation(mask, structure=_CUBE), structure=_CUBE)
     return np.where(mask, labels, 0), n
 
@@ -79,8 +80,6 @@ def group_patches(hu: np.ndarray, spacing_mm: tuple[float, float, float], thickn
     labels, _n = lesion_groups(mask)
     patches, scalars, standard, ids, centres = [], [], [], [], []
     for index, box in enumerate(ndi.find_objects(labels), start=1):
-        if box is None:
-            continue
         group = labels[box] == index
         # a group's score and statistics need only its bounding box; the patch is cut from the whole volume
         score = score_calcium(image[box], spacing_mm, group, MAPPED).agatston
