@@ -139,6 +139,7 @@ def test_restored_agatston_is_reported_beside_the_image_score_with_its_own_code(
     sr = pydicom.dcmread(result.outputs["sr"])
     codes = {(c.CodingSchemeDesignator, c.CodeValue) for c in _concept_codes(sr.ContentSequence)}
     assert {("SCT", "450360000"), ("99MEDHUB", "CAC-RESTORED")} <= codes
+    assert [item.CodingSchemeDesignator for item in sr.CodingSchemeIdentificationSequence] == ["99MEDHUB"]
     assert dciodvfy_errors(Path(result.outputs["sr"])) == []
 
 

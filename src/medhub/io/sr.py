@@ -168,5 +168,23 @@ def write_sr(
     except (ValueError, TypeError, AttributeError) as e:
         raise OutputError(path, f"cannot build the DICOM SR: {e}") from e
     pin_clock_values(sr, date, time)
+    declare_private_schemes(sr, {spec.concept.scheme for spec in value_specs if spec.name in values})
     save_dataset(sr, path)
     return path
+
+
+#: Private ("99" prefix) coding schemes a card may use, as (0008,0110) declares them.
+PRIVATE_SCHEMES = {"99MEDHUB": ("medhub local concepts", "medhub contributors")}
+
+
+def declare_private_schemes(dataset: pydicom.Dataset, schemes: set[str]) -> None:
+    """Add a Coding Scheme Identification Sequence item for each private coding scheme in ``schemes`` (DICOM
+    PS3.3 C.12.1: a private scheme's designator, name and responsible organization)."""
+    items = []
+    for scheme in sorted(schemes & PRIVATE_SCHEMES.keys()):
+        item = pydicom.Dataset()
+        item.CodingSchemeDesignator = scheme
+        item.CodingSchemeName, item.CodingSchemeResponsibleOrganization = PRIVATE_SCHEMES[scheme]
+        items.append(item)
+    if items:
+        dataset.CodingSchemeIdentificationSequence = items
