@@ -29,7 +29,7 @@ def test_lesion_groups_join_fragments_a_voxel_apart_and_keep_distant_plaques_apa
     mask = np.zeros((5, 20, 20), bool)
     mask[2, 5, 5] = mask[2, 5, 7] = True  # one voxel between them: one plaque cut in two by noise
     mask[2, 15, 15] = True  # 8 voxels away: another plaque
-    labels, _n = lesion_groups(mask)
+    labels = lesion_groups(mask)
     assert labels[2, 5, 5] == labels[2, 5, 7] != labels[2, 15, 15]
     assert set(np.unique(labels[mask])) == {labels[2, 5, 5], labels[2, 15, 15]}
     assert not labels[~mask].any()

@@ -13,7 +13,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from medhub.hub.card import ModelCard, load_card, sha256_file
+from medhub.hub.card import ModelCard, load_card
 from medhub.io.volume import Volume
 
 
@@ -73,11 +73,6 @@ class FolderModel:
     @property
     def weights_path(self) -> Path | None:
         return self.folder / self.card.weights.file if self.card.weights else None
-
-    def weights_sha256(self) -> str | None:
-        """sha256 of the weights file on disk (``None`` for a model without weights)."""
-        path = self.weights_path
-        return sha256_file(path) if path is not None and path.exists() else None
 
     def predict(self, volume: Volume) -> Prediction:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -51,11 +51,11 @@ DEFAULT_WEIGHTS = Path(__file__).with_name("weights") / "cac_restoration.pt"
 _CUBE = np.ones((3, 3, 3), bool)
 
 
-def lesion_groups(mask: np.ndarray) -> tuple[np.ndarray, int]:
-    """Group labels on the voxels of ``mask`` (0 elsewhere), 1 to ``n``: 26-connected components of the mask grown
+def lesion_groups(mask: np.ndarray) -> np.ndarray:
+    """Group labels 1, 2, ... on the voxels of ``mask`` (0 elsewhere): 26-connected components of the mask grown
     by one voxel."""
-    labels, n = ndi.label(ndi.binary_dilation(mask, structure=_CUBE), structure=_CUBE)
-    return np.where(mask, labels, 0), n
+    labels, _n = ndi.label(ndi.binary_dilation(mask, structure=_CUBE), structure=_CUBE)
+    return np.where(mask, labels, 0)
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,7 @@ def group_patches(hu: np.ndarray, spacing_mm: tuple[float, float, float], thickn
                   edge_sigma_mm: float) -> GroupPatches:
     """The restoration network's raw inputs for every lesion group of ``mask`` (canonical axial order)."""
     image = hu.astype(np.float32)
-    labels, _n = lesion_groups(mask)
+    labels = lesion_groups(mask)
     patches, scalars, standard, ids, centres = [], [], [], [], []
     for index, box in enumerate(ndi.find_objects(labels), start=1):
         group = labels[box] == index
