@@ -152,6 +152,30 @@ def test_a_case_whose_output_cannot_be_written_is_recorded_and_the_others_finish
     assert "cannot write output" in row["message"] and "too long" in row["message"].lower()
 
 
+def test_a_batch_over_a_folder_of_symlinks_to_four_series_runs_four_cases(faulty_model, tmp_path):
+    archive = tmp_path / "archive"
+    for index in range(4):
+        write_case(archive / f"series-{index}", index)
+    cohort = tmp_path / "cohort"
+    cohort.mkdir()
+    for index in range(4):
+        (cohort / f"patient-{index}").symlink_to(archive / f"series-{index}", target_is_directory=True)
+    (cohort / "patient-0-again").symlink_to(archive / "series-0", target_is_directory=True)
+    (cohort / "patient-9").symlink_to(archive / "series-9", target_is_directory=True)  # dangling
+    (cohort / "zz-loop").symlink_to(cohort, target_is_directory=True)
+
+    summary = run_batch(faulty_model, tmp_path / "out", input_root=cohort, workers=2)
+
+    assert (summary.total, summary.ok, summary.failed) == (4, 4, 0)
+    assert sorted(_store_rows(tmp_path / "out")) == [f"patient-{k}" for k in range(4)]
+    assert summary.warnings[:3] == [
+        f"1 dangling symbolic link skipped: {cohort}/patient-9 -> {archive}/series-9",
+        f"1 duplicate path skipped (same real folder or file as one already found): {cohort}/patient-0-again = "
+        f"{cohort}/patient-0",
+        f"1 symbolic link loop not followed: {cohort}/zz-loop -> {cohort}",
+    ]
+
+
 def test_a_different_model_version_is_refused_unless_new_run(faulty_model, tmp_path):
     write_case(tmp_path / "in" / "case-a", 1)
     write_case(tmp_path / "in" / "case-b", 2)

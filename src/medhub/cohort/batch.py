@@ -323,6 +323,7 @@ def _write_run_files(store: ResultsStore, run: RunInfo, run_output: Path, proven
         "finished_utc": records.utc_now(), "store": str(store.path),
         "counts": {"total": summary.total, "ok": summary.ok, "failed": summary.failed},
         "failures_by_reason": summary.failures_by_reason,
+        "discovery_warnings": summary.warnings,
         "this_invocation": {"backend": summary.backend, "workers": summary.workers, "ran": summary.ran_now,
                             "already_final": summary.already_final, "elapsed_s": summary.elapsed_s,
                             "startup_s": summary.startup_s},

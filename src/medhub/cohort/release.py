@@ -32,6 +32,7 @@ from medhub.errors import InputError, OutputError
 from medhub.hub.card import sha256_file
 from medhub.io import records
 from medhub.io.files import make_staging_dir
+from medhub.io.tree import walk_files
 
 CHECKSUMS_NAME = "SHA256SUMS"
 
@@ -264,7 +265,7 @@ def _summary_markdown(summary: dict[str, Any], run: RunInfo) -> str:
 
 def write_checksums(folder: Path) -> Path:
     """``SHA256SUMS`` for every file under ``folder`` (sorted, ``sha256sum -c`` format, paths relative)."""
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != CHECKSUMS_NAME)
+    files = sorted(p for p in walk_files(folder).files if p.name != CHECKSUMS_NAME)
     text = "".join(f"{sha256_file(p)}  {p.relative_to(folder).as_posix()}\n" for p in files)
     target = folder / CHECKSUMS_NAME
     target.write_text(text, encoding="utf-8")
@@ -284,7 +285,7 @@ def verify_checksums(folder: str | Path) -> list[str]:
             problems.append(f"{name}: missing")
         elif sha256_file(path) != digest:
             problems.append(f"{name}: checksum differs")
-    extra = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()} - listed - {CHECKSUMS_NAME}
+    extra = {p.relative_to(folder).as_posix() for p in walk_files(folder).files} - listed - {CHECKSUMS_NAME}
     problems += [f"{name}: not listed" for name in sorted(extra)]
     return problems
 

@@ -13,6 +13,7 @@ from typing import Any
 from medhub.errors import InputError
 from medhub.io.dicom import DicomSeries, scan_dicom
 from medhub.io.nifti import is_volume_file, read_volume
+from medhub.io.tree import FileTree
 from medhub.io.volume import Volume
 
 
@@ -62,10 +63,14 @@ class Case:
 
 @dataclass
 class Discovery:
+    """The cases under an input path, and what was skipped on the way (``tree`` names dangling links, duplicate
+    paths and link loops; ``warnings`` says it in lines for the user)."""
+
     cases: list[Case]
     non_dicom_files: int = 0
     unreadable: list[tuple[Path, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    tree: FileTree | None = None
 
 
 def _slug(text: str) -> str:
@@ -92,7 +97,8 @@ def discover_cases(path: str | Path, progress: Callable[[int, int], None] | None
         return Discovery(cases=[Case(id=_slug(_volume_stem(root)), path=root)])
 
     scan = scan_dicom(root, progress=progress)
-    volume_files = sorted(p for p in root.rglob("*") if p.is_file() and is_volume_file(p)) if root.is_dir() else []
+    tree = scan.tree
+    volume_files = sorted(p for p in tree.files if is_volume_file(p)) if root.is_dir() else []
     base = root if root.is_dir() else root.parent
 
     cases: list[Case] = []
@@ -107,12 +113,13 @@ def discover_cases(path: str | Path, progress: Callable[[int, int], None] | None
     _make_ids_unique(cases)
 
     warnings = [f"{file}: {reason} (skipped)" for file, reason in scan.unreadable]
+    warnings += tree.summary()
     warnings += [w for s in scan.series for w in s.warnings]
     non_dicom = scan.non_dicom_files - len(volume_files)
     if not cases:
-        raise InputError(root, _nothing_found(root, non_dicom, scan.unreadable), code=_nothing_code(scan))
+        raise InputError(root, _nothing_found(root, non_dicom, scan.unreadable, tree), code=_nothing_code(scan))
     return Discovery(cases=cases, non_dicom_files=max(non_dicom, 0), unreadable=scan.unreadable,
-                     warnings=warnings)
+                     warnings=warnings, tree=tree)
 
 
 def _root_series_name(series: DicomSeries, folder: Path) -> str:
@@ -147,15 +154,16 @@ def _make_ids_unique(cases: list[Case]) -> None:
             case.id = f"{case.id}_{tag}_{digest}" if tag else f"{case.id}_{digest}"
 
 
-def _nothing_found(root: Path, non_dicom: int, unreadable: list[tuple[Path, str]]) -> str:
+def _nothing_found(root: Path, non_dicom: int, unreadable: list[tuple[Path, str]], tree: FileTree) -> str:
     if unreadable:
         first_path, first_reason = unreadable[0]
         more = f" (and {len(unreadable) - 1} more unreadable files)" if len(unreadable) > 1 else ""
         return f"no readable DICOM series: {first_path}: {first_reason}{more}"
+    skipped = ([f"{non_dicom} non-DICOM files skipped"] if non_dicom else []) + tree.summary()
     if root.is_dir() and not any(root.iterdir()):
         return "empty folder: no DICOM series or volume files"
-    if non_dicom:
-        return f"no DICOM series or volume files found ({non_dicom} non-DICOM files skipped)"
+    if skipped:
+        return f"no DICOM series or volume files found ({'; '.join(skipped)})"
     return "no DICOM series or volume files found"
 
 

@@ -257,6 +257,17 @@ def _csv_row(r: CaseResult) -> dict[str, Any]:
     }
 
 
+def _skipped_paths(discovery: Discovery) -> dict[str, list[str]]:
+    """The paths the walk of the input skipped, for the run record."""
+    tree = discovery.tree
+    if tree is None:
+        return {}
+    return {"dangling_links": [f"{link} -> {target}" for link, target in tree.dangling_links],
+            "duplicate_paths": [f"{skipped} = {kept}" for skipped, kept in tree.duplicates],
+            "link_loops": [f"{link} -> {target}" for link, target in tree.loops],
+            "unlistable_folders": [f"{folder}: {why}" for folder, why in tree.unreadable]}
+
+
 def provenance_record(model: Model, weights_digest: str | None) -> dict[str, Any]:
     card = model.card
     return {
@@ -316,6 +327,7 @@ def run(
         "options": {"outputs": sorted(wanted), "labelmap": labelmap},
         "discovery": {"seconds": discovery_s, "non_dicom_files": discovery.non_dicom_files,
                       "unreadable": [f"{p}: {why}" for p, why in discovery.unreadable],
+                      **_skipped_paths(discovery),
                       "warnings": discovery.warnings},
         "peak_rss_mib": records.peak_rss_mib(),
         "cases": [case_record(r) for r in results],

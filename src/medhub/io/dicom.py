@@ -34,7 +34,7 @@ import functools
 import logging
 import os
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -62,6 +62,7 @@ from pydicom.uid import (
 )
 
 from medhub.errors import InputError, MissingDecoderError
+from medhub.io.tree import FileTree, walk_files
 from medhub.io.volume import DicomSource, Volume, affine_from_dicom
 
 log = logging.getLogger(__name__)
@@ -366,16 +367,6 @@ def _slices_from_header(path: Path, ds: Dataset, pixel_offset: int | None) -> li
 # ----------------------------------------------------------------------------------------------- discovery
 
 
-def _iter_files(root: Path) -> Iterator[Path]:
-    if root.is_file():
-        yield root
-        return
-    for folder, subfolders, names in os.walk(root):
-        subfolders.sort()  # deterministic order across file systems
-        for name in sorted(names):
-            yield Path(folder) / name
-
-
 def _has_group_0008(ds: Dataset) -> bool:
     return any(tag.group == 0x0008 for tag in ds.keys())  # noqa: SIM118 (iterating yields elements)
 
@@ -505,13 +496,15 @@ class ScanResult:
     """What :func:`scan_dicom` found.
 
     ``skipped`` lists DICOM files that are not slices of an image volume (SEG, SR, DICOMDIR, images without
-    plane geometry...), with the reason.
+    plane geometry...), with the reason. ``tree`` is the walk: every file looked at, and the dangling links,
+    duplicate paths and link loops that were skipped.
     """
 
     series: list[DicomSeries]
     non_dicom_files: int
     unreadable: list[tuple[Path, str]]
     skipped: list[tuple[Path, str]] = field(default_factory=list)
+    tree: FileTree | None = None
 
 
 def _transfer_syntax(ds: Dataset) -> str:
@@ -749,11 +742,14 @@ def scan_dicom(path: str | Path, progress: Callable[[int, int], None] | None = N
     Only headers are read. Files without the ``DICM`` marker are accepted only when they parse as a data set
     with group 0008 elements; everything else counts as non-DICOM. ``progress(done, total)`` is called after
     each file. An empty folder gives an empty series list; a missing path raises :class:`InputError`.
+    Symbolic links are followed, each real file is read once (:func:`medhub.io.tree.walk_files`); ``tree`` of
+    the result lists the links and duplicates that were skipped.
     """
     root = Path(path)
     if not root.exists():
         raise InputError(root, "no such file or folder", code="not-found")
-    files = list(_iter_files(root))
+    tree = walk_files(root)
+    files = tree.files
     non_dicom = 0
     unreadable: list[tuple[Path, str]] = []
     skipped: list[tuple[Path, str]] = []
@@ -790,7 +786,7 @@ def scan_dicom(path: str | Path, progress: Callable[[int, int], None] | None = N
                 note = f"files with one series UID have {len(parts)} orientations; split into separate series"
             series.append(_build_series(part, note))
     _note_splits(series)
-    return ScanResult(series=series, non_dicom_files=non_dicom, unreadable=unreadable, skipped=skipped)
+    return ScanResult(series=series, non_dicom_files=non_dicom, unreadable=unreadable, skipped=skipped, tree=tree)
 
 
 def _note_splits(series: list[DicomSeries]) -> None:
