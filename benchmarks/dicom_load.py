@@ -1,9 +1,10 @@
 """Benchmark: loading a DICOM series, medhub ``read_dicom_volume`` against SimpleITK and naive pydicom.
 
-Run ``python benchmarks/dicom_load.py [--slices 300] [--folder DIR]``. It writes (once, cached in
-``--folder``, by default under the system temp folder) an uncompressed 512×512×N int16 CT series, then
-times each reader in its own fresh subprocess, warm cache (one untimed warm-up read, then ``--repeats``
-timed reads):
+Run ``python benchmarks/dicom_load.py [--slices 300] [--syntaxes explicit,j2k,jls,ljpeg] [--folder DIR]``. It
+writes (once, cached in ``--folder``, by default under the system temp folder) a 512×512×N int16 CT series in
+each transfer syntax asked for (uncompressed Explicit VR Little Endian, JPEG 2000 lossless, JPEG-LS lossless,
+lossless JPEG SV1), then times each reader in its own fresh subprocess, warm cache (one untimed warm-up read,
+then ``--repeats`` timed reads):
 
 * medhub: ``read_dicom_volume`` (scan + headers + sort + geometry checks + decode + rescale, int16 HU);
 * SimpleITK: ``ImageSeriesReader`` with ``GetGDCMSeriesFileNames`` (sorting included);
@@ -11,7 +12,7 @@ timed reads):
 
 Peak memory is the child's peak RSS (``ru_maxrss``) minus its RSS after imports (interpreter + libraries),
 so it counts what reading costs. The same is done on the real JPEG 2000 example in ``shared/data`` when
-present.
+present. Each section ends with the ratio SimpleITK time / medhub time (above 1: medhub is faster).
 """
 
 from __future__ import annotations
@@ -33,6 +34,13 @@ import numpy as np
 
 SHARED_EXAMPLE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "ct_siemens_example" / "dicom"
 METHODS = ("medhub", "simpleitk", "pydicom")
+#: --syntaxes name -> (transfer syntax UID, label).
+SYNTAXES = {
+    "explicit": ("1.2.840.10008.1.2.1", "Uncompressed CT"),
+    "j2k": ("1.2.840.10008.1.2.4.90", "JPEG 2000 lossless CT"),
+    "jls": ("1.2.840.10008.1.2.4.80", "JPEG-LS lossless CT"),
+    "ljpeg": ("1.2.840.10008.1.2.4.70", "Lossless JPEG (SV1) CT"),
+}
 
 
 def _rss_mb() -> float:
@@ -74,6 +82,8 @@ def child(method: str, folder: Path, repeats: int) -> None:
         import pydicom  # noqa: F401
 
         if method == "medhub":
+            import imagecodecs  # noqa: F401 - a decoder library, in the baseline like SimpleITK's
+
             import medhub.io.dicom  # noqa: F401
     baseline = _rss_mb()
     array = reader(folder)  # warm-up: page cache, lazy imports
@@ -100,11 +110,12 @@ def child(method: str, folder: Path, repeats: int) -> None:
     )
 
 
-def ensure_series(folder: Path, slices: int) -> Path:
-    """Write the synthetic 512×512×``slices`` uncompressed CT series into ``folder`` unless it is there."""
+def ensure_series(folder: Path, slices: int, syntax: str = "explicit") -> Path:
+    """Write the synthetic 512×512×``slices`` CT series in ``syntax`` (a ``SYNTAXES`` name) into ``folder``
+    unless it is there."""
     from medhub.synth.dicom_series import write_series
 
-    series = folder / f"ct_512x512x{slices}"
+    series = folder / (f"ct_512x512x{slices}" + ("" if syntax == "explicit" else f"_{syntax}"))
     if series.is_dir() and len(list(series.iterdir())) == slices:
         return series
     rng = np.random.default_rng(0)
@@ -115,7 +126,8 @@ def ensure_series(folder: Path, slices: int) -> Path:
     affine[:3, 0], affine[:3, 1], affine[:3, 2] = [0, 0, 1.0], [0, 0.7, 0], [0.7, 0, 0]
     affine[:3, 3] = [-179.0, -179.0, -150.0]
     start = time.perf_counter()
-    write_series(np.clip(array, -1024, 3071), affine, series, file_names="numbered", seed=7)
+    write_series(np.clip(array, -1024, 3071), affine, series, file_names="numbered", seed=7,
+                 transfer_syntax=SYNTAXES[syntax][0])
     print(f"wrote {series} in {time.perf_counter() - start:.1f} s", file=sys.stderr)
     return series
 
@@ -169,38 +181,36 @@ def main() -> None:
     parser.add_argument("--slices", type=int, default=300)
     parser.add_argument("--folder", type=Path, default=Path(tempfile.gettempdir()) / "medhub-bench-dicom")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--syntaxes", default=",".join(SYNTAXES), help="comma-separated: " + ", ".join(SYNTAXES))
     parser.add_argument("--child", choices=METHODS, help=argparse.SUPPRESS)
-    parser.add_argument("--generate", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--generate", help=argparse.SUPPRESS)
     parser.add_argument("--path", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args.child, args.path, args.repeats)
         return
     if args.generate:
-        ensure_series(args.folder, args.slices)
+        ensure_series(args.folder, args.slices, args.generate)
         return
-    # Generating needs GBs; done in the parent it would raise every child's ru_maxrss, which Linux carries
-    # across fork + exec.
-    command = [
-        sys.executable,
-        __file__,
-        "--generate",
-        "--folder",
-        str(args.folder),
-        "--slices",
-        str(args.slices),
-    ]
-    subprocess.run(command, check=True)
-    series = args.folder / f"ct_512x512x{args.slices}"
     lines = [
         f"Machine: {machine()}; {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; {args.repeats} timed reads each",
         "",
     ]
-    lines += table(f"Uncompressed CT, {args.slices} slices", [run_child(m, series, args.repeats) for m in METHODS])
+    for syntax in [name.strip() for name in args.syntaxes.split(",") if name.strip()]:
+        # Generating needs GBs; done in the parent it would raise every child's ru_maxrss, which Linux carries
+        # across fork + exec.
+        command = [sys.executable, __file__, "--generate", syntax, "--folder", str(args.folder),
+                   "--slices", str(args.slices)]
+        subprocess.run(command, check=True)
+        series = ensure_series(args.folder, args.slices, syntax)
+        section = table(f"{SYNTAXES[syntax][1]}, {args.slices} slices (generated)",
+                        [run_child(m, series, args.repeats) for m in METHODS])
+        print("\n".join(section), file=sys.stderr)  # each section as soon as it is done
+        lines += [*section, ""]
     if SHARED_EXAMPLE.is_dir():
         example = SHARED_EXAMPLE.resolve()
         results = [run_child(m, example, args.repeats) for m in METHODS]
-        lines += ["", *table("Real JPEG 2000 lossless CT (shared/data/ct_siemens_example)", results)]
+        lines += table("Real JPEG 2000 lossless CT (shared/data/ct_siemens_example)", results)
     print("\n".join(lines))
 
 

@@ -56,13 +56,13 @@ def _main(
 @app.command("models")
 def models_command() -> None:
     """List the available models."""
-    from medhub.hub.registry import available_models, get_model
+    from medhub.hub.registry import available_models, get_card
 
     table = Table(title="medhub models")
     for column in ("id", "version", "task", "input", "outputs", "weights", "source"):
         table.add_column(column)
     for model_id, origin in sorted(available_models().items()):
-        card = get_model(model_id).card
+        card = get_card(model_id)
         outputs = [s.name for s in card.outputs.segments] + [v.name for v in card.outputs.values]
         weights = "none needed" if card.weights is None and not card.needs_weights else (
             "MISSING" if card.weights is None else card.weights.sha256[:12])
@@ -76,9 +76,9 @@ def info_command(model: Annotated[str, typer.Argument(help="Model id, e.g. lung-
     """Show a model's card."""
     import yaml
 
-    from medhub.hub.registry import get_model
+    from medhub.hub.registry import get_card
 
-    card = get_model(model).card
+    card = get_card(model)
     console.print(yaml.safe_dump(card.model_dump(mode="json", exclude_none=True), sort_keys=False,
                                  allow_unicode=True, width=110))
 

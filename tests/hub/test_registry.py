@@ -50,3 +50,29 @@ def test_unknown_model_error_names_known_ones():
     with pytest.raises(ModelError) as e:
         get_model("nope")
     assert e.value.code == "unknown-model" and "lung-ct" in e.value.message
+
+
+def _imported_modules(*args: str) -> set[str]:
+    """Top-level modules a fresh ``medhub ARGS`` process imports (from ``python -X importtime``)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "medhub", *args], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = [line.split("|")[-1] for line in proc.stderr.splitlines() if line.startswith("import time:")]
+    return {line.strip().split(".")[0] for line in lines[1:]}  # the first line is the header
+
+
+@pytest.mark.parametrize("args", [("--help",), ("models",), ("info", "cac")], ids=" ".join)
+def test_listing_and_help_do_not_import_torch(args):
+    modules = _imported_modules(*args)
+    assert "medhub" in modules  # the measurement sees our own imports
+    assert "torch" not in modules
+
+
+def test_a_builtin_card_read_without_the_model_is_the_models_card():
+    from medhub.hub.registry import BUILTIN_MODELS, get_card
+
+    for model_id in BUILTIN_MODELS:
+        assert get_card(model_id) == get_model(model_id).card

@@ -13,11 +13,15 @@ import SimpleITK as sitk
 from pydicom.data import get_testdata_file
 from pydicom.pixels.decoders.base import Decoder
 from pydicom.uid import (
+    JPEG2000,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
+    JPEGLossless,
+    JPEGLosslessSV1,
     JPEGLSLossless,
+    JPEGLSNearLossless,
     RLELossless,
 )
 
@@ -326,6 +330,66 @@ def test_every_transfer_syntax_gives_the_same_hu(tmp_path, ct, syntax):
     assert volume.meta["transfer_syntax"] == syntax
     assert volume.array.dtype == np.int16
     assert np.array_equal(volume.array, ct)
+
+
+# Syntaxes that imagecodecs decodes (medhub.io.codecs.FAST_CODECS) and, for contrast, ones left to pydicom. Lossy
+# streams are made by recompressing a lossless series with pydicom's encoders and these options.
+_LOSSY_OPTIONS = {JPEGLSNearLossless: {"jls_error": 3}, JPEG2000: {"j2k_cr": [15]}}
+_FAST = (JPEG2000Lossless, JPEG2000, JPEGLSLossless, JPEGLSNearLossless, JPEGLossless, JPEGLosslessSV1)
+_NOT_FAST = (ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian, RLELossless)
+
+
+@pytest.mark.parametrize("signed", [False, True], ids=["unsigned-12bit", "signed-16bit"])
+@pytest.mark.parametrize("syntax", _FAST + _NOT_FAST, ids=lambda uid: uid.name)
+def test_decoded_pixels_are_the_ones_pydicom_gives_in_every_syntax(tmp_path, ct, syntax, signed, monkeypatch):
+    """The imagecodecs path gives exactly the pixels of the pydicom-only path that medhub used before it."""
+    intercept = 0 if signed else None  # intercept 0 leaves negative stored values: PixelRepresentation 1
+    if syntax in _LOSSY_OPTIONS:
+        paths = write_series(ct, axial_affine(), tmp_path, rescale_intercept=intercept)
+        for path in paths:
+            ds = pydicom.dcmread(path)
+            try:
+                ds.compress(syntax, generate_instance_uid=False, **_LOSSY_OPTIONS[syntax])
+            except (ValueError, RuntimeError) as e:
+                pytest.skip(f"pydicom cannot encode this case: {e}")
+            ds.save_as(path)
+    else:
+        paths = write_series(ct, axial_affine(), tmp_path, transfer_syntax=syntax, rescale_intercept=intercept)
+    assert pydicom.dcmread(paths[0]).PixelRepresentation == int(signed)
+    import medhub.io.dicom as dicom_module
+
+    calls = []
+
+    def spy(*args):
+        calls.append(real_decode(*args))
+        return calls[-1]
+
+    real_decode = dicom_module.decode_frame_into
+    monkeypatch.setattr(dicom_module, "decode_frame_into", spy)
+    fast = read_dicom_volume(tmp_path).array
+    monkeypatch.setattr(dicom_module, "FAST_CODECS", {})
+    pydicom_only = read_dicom_volume(tmp_path).array
+
+    assert calls == ([True] * len(ct) if syntax in _FAST else [])
+    assert fast.dtype == pydicom_only.dtype == np.int16
+    assert np.array_equal(fast, pydicom_only)
+    if syntax not in _LOSSY_OPTIONS:
+        assert np.array_equal(fast, ct)
+
+
+def test_a_stream_the_fast_path_does_not_take_falls_back_to_pydicom(tmp_path, ct, monkeypatch):
+    """A codestream whose precision differs from BitsStored is decoded by pydicom, with its corrections."""
+    paths = write_series(ct[:3], axial_affine(), tmp_path, transfer_syntax=JPEG2000Lossless)
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        ds.BitsStored, ds.HighBit = 13, 12  # the codestream says 12
+        ds.save_as(path)
+    import medhub.io.dicom as dicom_module
+
+    fast = read_dicom_volume(tmp_path).array
+    monkeypatch.setattr(dicom_module, "FAST_CODECS", {})
+    assert np.array_equal(fast, read_dicom_volume(tmp_path).array)
+    assert np.array_equal(fast, ct[:3])
 
 
 def test_signed_storage_and_float_rescale(tmp_path, ct):

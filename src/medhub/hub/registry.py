@@ -12,11 +12,14 @@ arguments and returns an object meeting :class:`medhub.hub.model.Model`.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from collections.abc import Callable
 from functools import cache
 from importlib.metadata import entry_points
+from pathlib import Path
 
 from medhub.errors import ModelError
+from medhub.hub.card import ModelCard, load_card
 from medhub.hub.model import Model
 
 ENTRY_POINT_GROUP = "medhub.models"
@@ -40,6 +43,17 @@ def available_models() -> dict[str, str]:
         if ep.name not in found:
             found[ep.name] = ep.dist.name if ep.dist else ep.value
     return found
+
+
+def get_card(model_id: str) -> ModelCard:
+    """A model's card. For a built-in model it is read from its folder without importing the model's code (which
+    may import torch), so ``medhub models`` and ``medhub info`` start fast; a plugin's card comes from the plugin."""
+    if model_id in BUILTIN_MODELS:
+        module_name = BUILTIN_MODELS[model_id].partition(":")[0]
+        spec = importlib.util.find_spec(module_name)  # imports the parent packages only, not the model
+        if spec is not None and spec.submodule_search_locations:
+            return load_card(Path(next(iter(spec.submodule_search_locations))) / "card.yaml")
+    return get_model(model_id).card
 
 
 @cache

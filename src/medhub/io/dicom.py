@@ -62,6 +62,7 @@ from pydicom.uid import (
 )
 
 from medhub.errors import InputError, MissingDecoderError
+from medhub.io.codecs import FAST_CODECS, decode_frame_into, read_single_frame
 from medhub.io.tree import FileTree, walk_files
 from medhub.io.volume import DicomSource, Volume, affine_from_dicom
 
@@ -917,14 +918,21 @@ def _decode(slices: list[_Slice], workers: int | None) -> np.ndarray:
             )
         return frame
 
+    bits_stored = _uint(first, "BitsStored", raw.dtype.itemsize * 8)
+
     def one(k: int) -> None:
         s = slices[k]
         if k in fast and _read_native(s, raw[k]):
             return
-        raw[k] = check(s.path, _decode_with_pydicom(s.path, _transfer_syntax(s.header)))
+        syntax = _transfer_syntax(s.header)
+        if k in encapsulated:
+            frame = read_single_frame(s.path, s.pixel_offset or 0)
+            if frame is not None and decode_frame_into(frame, syntax, raw[k], bits_stored):
+                return
+        raw[k] = check(s.path, _decode_with_pydicom(s.path, syntax))
 
     by_file: dict[Path, list[int]] = {}
-    native, compressed = [], []
+    native, compressed, encapsulated = [], [], set()
     for k, s in enumerate(slices):
         if s.frame is not None:
             by_file.setdefault(s.path, []).append(k)
@@ -936,6 +944,9 @@ def _decode(slices: list[_Slice], workers: int | None) -> np.ndarray:
             native.append(k)
         else:
             compressed.append(k)
+            if (s.pixel_offset is not None and _transfer_syntax(s.header) in FAST_CODECS
+                    and _raw_dtype(s.header) == raw.dtype and _uint(s.header, "BitsStored", 0) == bits_stored):
+                encapsulated.add(k)
     for path, indices in by_file.items():
         frames = _decode_with_pydicom(path, _transfer_syntax(slices[indices[0]].header))
         if frames.ndim == 2:
@@ -947,9 +958,9 @@ def _decode(slices: list[_Slice], workers: int | None) -> np.ndarray:
         del frames
     fast = set(native)
     if native or compressed:
-        # Threads overlap file reads (readinto releases the GIL) on the native fast path and let the
-        # decoders that release the GIL run in parallel; pylibjpeg-openjpeg holds it, so JPEG 2000 does not
-        # gain (a process pool was tried: no gain on 2 shared cores, and spawn re-imports __main__).
+        # Threads overlap file reads (readinto releases the GIL) on the native fast path, and decode JPEG 2000,
+        # JPEG-LS and lossless JPEG in parallel: imagecodecs releases the GIL (pydicom's plugins, the fallback,
+        # hold it). A process pool was tried before imagecodecs: no gain on 2 shared cores.
         with ThreadPoolExecutor(max_workers=max(1, workers or min(8, cpus + 2))) as pool:
             list(pool.map(one, native + compressed))
     _correct_unused_bits(raw, first)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 from pydicom import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate
 from pydicom.uid import (
     UID,
     CTImageStorage,
@@ -23,6 +24,8 @@ from pydicom.uid import (
     EnhancedMRImageStorage,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
+    JPEGLossless,
+    JPEGLosslessSV1,
     MRImageStorage,
     generate_uid,
 )
@@ -31,6 +34,8 @@ from pydicom.valuerep import format_number_as_ds
 from medhub.io.files import atomic_path
 
 _UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian)
+#: Lossless JPEG (Process 14) syntaxes and the predictor written: SV1 must use 1; 6 exercises another.
+_LOSSLESS_JPEG_PREDICTOR = {JPEGLosslessSV1: 1, JPEGLossless: 6}
 _FIXED_DATE = "20240101"
 _FIXED_TIME = "120000"
 _TYPE2_OMITTABLE = (
@@ -148,6 +153,18 @@ def _set_pixels(ds: Dataset, stored: np.ndarray, transfer_syntax: UID) -> None:
     ds.PixelData = stored.tobytes()
     if transfer_syntax in _UNCOMPRESSED:
         return
+    if transfer_syntax in _LOSSLESS_JPEG_PREDICTOR:
+        # pydicom has no lossless JPEG encoder; libjpeg-turbo (in imagecodecs) writes Process 14 streams.
+        import imagecodecs
+
+        frames = stored.reshape(-1, *stored.shape[-2:]).view(np.uint16)  # signed data: its two's complement bits
+        ds.PixelData = encapsulate([
+            imagecodecs.jpeg8_encode(frame, lossless=True, predictor=_LOSSLESS_JPEG_PREDICTOR[transfer_syntax],
+                                     bitspersample=int(ds.BitsStored))
+            for frame in frames])
+        ds["PixelData"].VR = "OB"
+        ds["PixelData"].is_undefined_length = True
+        return
     # pydicom picks the encoder plugin (its own RLE, pyjpegls, pylibjpeg-openjpeg); it raises if none exists.
     ds.compress(transfer_syntax, arr=stored, generate_instance_uid=False)
 
@@ -185,8 +202,9 @@ def write_series(
         4x4 index-to-LPS matrix in mm, in array axis order (see :mod:`medhub.io.volume`). Column 0 is the
         slice step; a step not parallel to the slice normal writes a gantry-tilted series.
     transfer_syntax:
-        Explicit/Implicit VR Little Endian, Deflated, or a lossless compressed syntax pydicom can encode here
-        (RLE Lossless natively; JPEG-LS with pyjpegls; JPEG 2000 lossless with pylibjpeg-openjpeg).
+        Explicit/Implicit VR Little Endian, Deflated, or a lossless compressed syntax: RLE Lossless (pydicom),
+        JPEG-LS (pyjpegls), JPEG 2000 lossless (pylibjpeg-openjpeg), lossless JPEG, Process 14 and its SV1
+        subset (imagecodecs).
     series_uid, study_uid, frame_of_reference_uid, seed:
         Fixed UIDs; those not given are derived deterministically from ``seed``.
     rescale_intercept:
