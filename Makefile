@@ -24,6 +24,8 @@ demo:
 	$(PYTHON) -m pip install -q -e . && medhub demo
 
 bench: install
+	$(PYTHON) -m pip install -q -e ".[bench]"
 	$(PYTHON) benchmarks/dicom_load.py
+	$(PYTHON) benchmarks/dicom_decoders.py
 	$(PYTHON) benchmarks/seg_write.py
 	$(PYTHON) benchmarks/end_to_end.py
