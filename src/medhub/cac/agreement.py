@@ -13,25 +13,25 @@
   matrix (rows = reference, columns = prediction, categories lowest first), the proportion in agreement and
   Cohen's κ unweighted, linearly and quadratically weighted (weights ``|i−j|/(K−1)`` and ``((i−j)/(K−1))²``).
 
-Undefined statistics (a constant input, every case in one category) are NaN, written as ``null`` in JSON.
+Undefined statistics (a constant input, every case in one category) are NaN, written as ``null`` in JSON. The
+generic statistics (ICC, κ, correlations) live in :mod:`medhub.metrics.agreement`.
 """
 
 from __future__ import annotations
 
-import math
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 from medhub.cac.scoring import CATEGORY_SCHEMES, risk_category
 from medhub.io.files import atomic_path
+from medhub.metrics.agreement import cohen_kappa, confusion_matrix, correlation, icc_2_1
 
-KAPPA_WEIGHTS = ("unweighted", "linear", "quadratic")
+__all__ = ["AgreementReport", "CategoryAgreement", "agreement", "bland_altman_plot", "category_agreement",
+           "cohen_kappa", "confusion_matrix", "icc_2_1"]
 
 
 @dataclass(frozen=True)
@@ -99,41 +99,6 @@ class AgreementReport:
         return data
 
 
-def icc_2_1(ratings: np.ndarray) -> float:
-    """ICC(2,1) (two-way random, absolute agreement, single rater) of an ``n subjects × k raters`` table."""
-    y = np.asarray(ratings, dtype=np.float64)
-    n, k = y.shape
-    grand = y.mean()
-    ss_rows = k * np.sum((y.mean(axis=1) - grand) ** 2)
-    ss_cols = n * np.sum((y.mean(axis=0) - grand) ** 2)
-    ss_error = np.sum((y - grand) ** 2) - ss_rows - ss_cols
-    ms_rows = ss_rows / (n - 1)
-    ms_cols = ss_cols / (k - 1)
-    ms_error = ss_error / ((n - 1) * (k - 1))
-    denominator = ms_rows + (k - 1) * ms_error + k * (ms_cols - ms_error) / n
-    return float((ms_rows - ms_error) / denominator) if denominator > 0 else math.nan
-
-
-def confusion_matrix(ref_codes: np.ndarray, pred_codes: np.ndarray, n_classes: int) -> np.ndarray:
-    """``n_classes × n_classes`` counts; rows are reference codes, columns predicted codes (0-based)."""
-    return np.bincount(ref_codes * n_classes + pred_codes, minlength=n_classes**2).reshape(n_classes, n_classes)
-
-
-def cohen_kappa(confusion: np.ndarray, weights: str = "unweighted") -> float:
-    """Cohen's κ from a confusion matrix: ``1 − Σ w·O / Σ w·E`` with ``E`` the outer product of the marginals
-    over ``n``; ``w`` is 0 on the diagonal and 1 (unweighted), ``|i−j|/(K−1)`` (linear) or
-    ``((i−j)/(K−1))²`` (quadratic) off it. NaN when undefined (chance disagreement is 0)."""
-    observed = np.asarray(confusion, dtype=np.float64)
-    size = observed.shape[0]
-    distance = np.abs(np.subtract.outer(np.arange(size), np.arange(size))) / max(size - 1, 1)
-    w = {"unweighted": (distance > 0).astype(np.float64), "linear": distance, "quadratic": distance**2}.get(weights)
-    if w is None:
-        raise ValueError(f"weights must be one of {', '.join(KAPPA_WEIGHTS)}, got {weights!r}")
-    expected = np.outer(observed.sum(axis=1), observed.sum(axis=0)) / observed.sum()
-    chance = float(np.sum(w * expected))
-    return 1.0 - float(np.sum(w * observed)) / chance if chance > 0 else math.nan
-
-
 def category_agreement(pred: Sequence[float], ref: Sequence[float], scheme: str) -> CategoryAgreement:
     labels = CATEGORY_SCHEMES[scheme]
     code = {label: number for number, label in enumerate(labels)}
@@ -149,16 +114,6 @@ def category_agreement(pred: Sequence[float], ref: Sequence[float], scheme: str)
         kappa_linear=cohen_kappa(confusion, "linear"),
         kappa_quadratic=cohen_kappa(confusion, "quadratic"),
     )
-
-
-def _correlation(x: np.ndarray, y: np.ndarray, method: str) -> tuple[float, float]:
-    # scipy warns and returns NaN for constant input; NaN is the answer, the warning is noise.
-    if np.ptp(x) == 0 or np.ptp(y) == 0:
-        return math.nan, math.nan
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        result = stats.spearmanr(x, y) if method == "spearman" else stats.pearsonr(x, y)
-    return float(result[0]), float(result[1])
 
 
 def agreement(pred: Sequence[float], ref: Sequence[float], ids: Sequence[str] | None = None) -> AgreementReport:
@@ -177,8 +132,8 @@ def agreement(pred: Sequence[float], ref: Sequence[float], ids: Sequence[str] | 
     if not (np.all(np.isfinite(p)) and np.all(np.isfinite(r)) and p.min() >= 0 and r.min() >= 0):
         raise ValueError("scores must be finite numbers >= 0")
 
-    rho, rho_p = _correlation(p, r, "spearman")
-    log_r, log_p = _correlation(np.log1p(p), np.log1p(r), "pearson")
+    rho, rho_p = correlation(p, r, "spearman")
+    log_r, log_p = correlation(np.log1p(p), np.log1p(r), "pearson")
     difference = p - r
     mean_difference = float(difference.mean())
     sd_difference = float(difference.std(ddof=1))
