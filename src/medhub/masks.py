@@ -126,3 +126,21 @@ def dilate_mm(mask: np.ndarray, spacing_mm: Sequence[float], radius_mm: float) -
         return out
     out[box] = dilate_ball(np.asarray(mask)[box], sp, radius_mm)
     return out
+
+
+def resample_labels(labels: np.ndarray, from_affine: np.ndarray, to_affine: np.ndarray,
+                    to_shape: Sequence[int]) -> np.ndarray:
+    """A label map moved onto another grid by nearest neighbour; voxels outside the source grid become 0.
+
+    Affines map ``(slice, row, column)`` indices to the same patient space (mm). Where the grids share their voxel
+    centres (a slab of the same series, a flipped axis) every label lands exactly; otherwise each target voxel takes
+    the label of the source voxel nearest to its centre.
+    """
+    from scipy import ndimage as ndi
+
+    to_affine = np.asarray(to_affine, dtype=np.float64)
+    if np.shape(labels) == tuple(to_shape) and np.allclose(from_affine, to_affine, atol=1e-4):
+        return np.asarray(labels)
+    mapping = np.linalg.inv(np.asarray(from_affine, dtype=np.float64)) @ to_affine
+    return ndi.affine_transform(np.asarray(labels), mapping[:3, :3], offset=mapping[:3, 3],
+                                output_shape=tuple(int(n) for n in to_shape), order=0, mode="constant", cval=0)

@@ -65,11 +65,41 @@ def write_overlay_png(
 
 def _panel(gray: np.ndarray, mask: np.ndarray, colors: dict[int, tuple[int, int, int]],
            row_mm: float, col_mm: float, level: float, width: float) -> Image.Image:
+    fills = [(mask == label, color) for label, color in colors.items()]
+    return render_slice(gray, row_mm, col_mm, level, width, fills=fills, size=512)
+
+
+#: Display windows (level, width) in HU, as radiology viewers name them.
+WINDOW_PRESETS: dict[str, tuple[float, float]] = {
+    "lung": (-600.0, 1500.0),
+    "mediastinum": (40.0, 400.0),
+    "bone": (400.0, 1800.0),
+    "brain": (40.0, 80.0),
+}
+
+
+def render_slice(gray: np.ndarray, row_mm: float, col_mm: float, level: float, width: float, *,
+                 fills: Sequence[tuple[np.ndarray, Sequence[int]]] = (),
+                 outlines: Sequence[tuple[np.ndarray, Sequence[int]]] = (), size: int | None = 512,
+                 opacity: float = 0.45) -> Image.Image:
+    """One 2D slice as an RGB picture: ``gray`` windowed at ``level``/``width``, each ``(mask, rgb)`` of ``fills``
+    blended in at ``opacity`` and each of ``outlines`` drawn as its one-pixel border; resampled to square
+    millimetres with the longer side ``size`` pixels (``None`` keeps one pixel per voxel)."""
     rgb = np.repeat(window(gray, level, width)[..., None], 3, axis=-1).astype(np.float32)
-    for label, color in colors.items():
-        sel = mask == label
-        rgb[sel] = 0.55 * rgb[sel] + 0.45 * np.asarray(color, dtype=np.float32)
+    for mask, color in fills:
+        sel = np.asarray(mask, bool)
+        rgb[sel] = (1 - opacity) * rgb[sel] + opacity * np.asarray(color, dtype=np.float32)
+    for mask, color in outlines:
+        sel = np.asarray(mask, bool)
+        inner = sel.copy()
+        inner[1:, :] &= sel[:-1, :]
+        inner[:-1, :] &= sel[1:, :]
+        inner[:, 1:] &= sel[:, :-1]
+        inner[:, :-1] &= sel[:, 1:]
+        rgb[sel & ~inner] = np.asarray(color, dtype=np.float32)
     picture = Image.fromarray(rgb.astype(np.uint8))
-    scale = 512 / max(gray.shape[0] * row_mm, gray.shape[1] * col_mm)
-    size = (max(1, round(gray.shape[1] * col_mm * scale)), max(1, round(gray.shape[0] * row_mm * scale)))
-    return picture.resize(size, Image.Resampling.NEAREST)
+    if size is None:
+        return picture
+    scale = size / max(gray.shape[0] * row_mm, gray.shape[1] * col_mm)
+    shape = (max(1, round(gray.shape[1] * col_mm * scale)), max(1, round(gray.shape[0] * row_mm * scale)))
+    return picture.resize(shape, Image.Resampling.NEAREST)

@@ -1,0 +1,1 @@
+"""`medhub compare`: models and other tools side by side, against a reference or pairwise."""
