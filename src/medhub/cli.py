@@ -20,6 +20,7 @@ from medhub import __version__
 from medhub.cac.cli import cac_app
 from medhub.cohort.cli import batch_command, release_command
 from medhub.compare.cli import compare_command
+from medhub.dashboard.cli import dashboard_command
 from medhub.errors import MedhubError
 
 app = typer.Typer(
@@ -33,6 +34,7 @@ app.add_typer(cac_app, name="cac", help="Coronary artery calcium: scoring, agree
 app.command("batch")(batch_command)
 app.command("release")(release_command)
 app.command("compare")(compare_command)
+app.command("dashboard")(dashboard_command)
 console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
 _state = {"debug": False}

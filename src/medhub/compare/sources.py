@@ -122,6 +122,8 @@ class Source:
 
     name: str
     kind: str
+    #: The command-line text the source was made from (kept in compare.json, so the dashboard can reopen it).
+    spec: str = ""
 
     def cases(self) -> list[SourceCase]:
         raise NotImplementedError
@@ -132,7 +134,7 @@ class Source:
 
     def describe(self) -> dict[str, Any]:
         """What the provenance record says about this source."""
-        return {"name": self.name, "kind": self.kind}
+        return {"name": self.name, "kind": self.kind, "spec": self.spec}
 
 
 def _on_grid(volume: Volume, grid: Volume) -> np.ndarray:
@@ -367,19 +369,23 @@ class ModelSource(Source):
         from medhub.hub.runner import check_model_runnable, run
 
         digest = check_model_runnable(self.model)
-        record_path = self.folder / "run.json"
-        if record_path.is_file():
-            record = json.loads(record_path.read_text(encoding="utf-8"))
-            model = record.get("model", {})
-            if (model.get("version"), model.get("weights_sha256"), record.get("input")) == (
-                    self.model.card.version, digest, str(self.data.resolve())):
-                self.record, self.reused = record, True
-                return
+        record = self.load_record()
+        model = record.get("model", {})
+        if (model.get("version"), model.get("weights_sha256"), record.get("input")) == (
+                self.model.card.version, digest, str(self.data.resolve())):
+            self.reused = True
+            return
         kwargs = {}
         if progress is not None:
             kwargs = {"on_case_start": lambda case, i, n: progress(f"{self.name}: {case.id}", i, n)}
         run(self.model, self.data, self.folder, outputs=["seg", "nifti", "json"], **kwargs)
-        self.record = json.loads(record_path.read_text(encoding="utf-8"))
+        self.load_record()
+
+    def load_record(self) -> dict[str, Any]:
+        """The run record of the model's earlier run in the output folder (empty when there is none)."""
+        path = self.folder / "run.json"
+        self.record = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        return self.record
 
     def cases(self) -> list[SourceCase]:
         out = []
@@ -444,6 +450,7 @@ def parse_source(spec: str, *, data: Path, output: Path, case_pattern: str | Non
         raise InputError(path, "not a model id, a folder of predictions or a label mapping file", code="not-found")
     if name:
         source.name = name
+    source.spec = spec
     return source
 
 

@@ -46,11 +46,11 @@ class Case:
     def input_record(self) -> dict[str, Any]:
         """What the provenance record says about this input."""
         if self.series is None:
-            return {"kind": "volume-file", "path": str(self.path)}
+            return {"kind": "volume-file", "path": os.path.abspath(self.path)}
         headers = self.series.headers
         return {
             "kind": "dicom-series",
-            "path": str(self.path),
+            "path": os.path.abspath(self.path),
             "study_instance_uid": str(headers[0].get("StudyInstanceUID", "")),
             "series_instance_uid": self.series.uid,
             "modality": self.series.modality,
