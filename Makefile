@@ -6,19 +6,21 @@ PYTHON ?= python3
 install:
 	$(PYTHON) -m pip install -q -e ".[test]"
 
-# dciodvfy (Debian dicom3tools) validates our DICOM outputs; its tests skip where it cannot be installed.
+# dciodvfy (Debian dicom3tools) validates our DICOM outputs; chromium and chromium-driver run the dashboard's browser
+# tests. Tests that need them skip, saying why, where they cannot be installed.
+TOOLS_PACKAGES = dicom3tools chromium chromium-driver
 tools:
-	@command -v dciodvfy >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq dicom3tools >/dev/null; \
-	  else sudo -n apt-get install -y -qq dicom3tools >/dev/null 2>&1; fi; } || \
-	  echo "note: dicom3tools could not be installed; dciodvfy checks will be skipped"
+	@command -v dciodvfy >/dev/null 2>&1 && command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(TOOLS_PACKAGES) >/dev/null; \
+	  else sudo -n apt-get install -y -qq $(TOOLS_PACKAGES) >/dev/null 2>&1; fi; } || \
+	  echo "note: $(TOOLS_PACKAGES) could not all be installed; the tests that need them will be skipped"
 
 lint: install
 	$(PYTHON) -m ruff check src tests benchmarks
 
 test: install tools lint
 	$(PYTHON) -m medhub verify --all
-	$(PYTHON) -m pytest -n 2 -q
+	SE_OFFLINE=true $(PYTHON) -m pytest -n 2 -q
 
 demo:
 	$(PYTHON) -m pip install -q -e . && medhub demo
