@@ -25,6 +25,7 @@ from tests.conftest import REPO, run_cli
 
 # The truth's labels are numbered unlike lung-ct's (1 right, 2 left): matching must go by concept.
 TRUTH_YAML = """name: truth
+values: values.csv
 labels:
   7: {name: Left lung, type: {value: "39607008", scheme: SCT, meaning: Lung},
       modifier: {value: "7771000", scheme: SCT, meaning: Left}}
@@ -54,6 +55,10 @@ def chest(tmp_path_factory):
     (root / "truth").mkdir()
     write_volume(volume, root / "truth" / "ct.nii.gz", array=truth)
     (root / "truth" / "labels.yaml").write_text(TRUTH_YAML)
+    voxel_ml = float(np.prod(volume.spacing)) / 1000
+    (root / "truth" / "values.csv").write_text(
+        "case,right_lung_volume_ml,left_lung_volume_ml,note\n"
+        f"ct,{(phantom.labels == 1).sum() * voxel_ml},{(phantom.labels == 2).sum() * voxel_ml},not a number\n")
     run("lung-ct", root / "data" / "ct", root / "lung-run", outputs=["seg"])
     (root / "segs").mkdir()
     (root / "segs" / "lung-ct-seg.dcm").write_bytes(next((root / "lung-run").glob("*/seg.dcm")).read_bytes())
@@ -86,6 +91,15 @@ def test_sources_against_a_reference_match_by_concept_and_equal_the_metrics_modu
                         and s["metric"] == "dice")
     assert float(dice_summary["n"]) == 1 and float(dice_summary["mean"]) == pytest.approx(right_dice)
     assert (tmp_path / "report.html").read_text().count("<img") >= 6
+    # scalar outputs both sides report: per case the pair and its difference; per value the agreement
+    values = _read_csv(tmp_path / "values.csv")
+    assert {(v["source"], v["value"]) for v in values} == {("lung-ct", "right_lung_volume_ml"),
+                                                          ("lung-ct", "left_lung_volume_ml")}
+    for v in values:
+        assert float(v["difference"]) == pytest.approx(float(v["pred"]) - float(v["ref"]))
+        assert abs(float(v["difference"])) < 0.05 * float(v["ref"])
+    agreement = _read_csv(tmp_path / "values_summary.csv")
+    assert {a["value"] for a in agreement} == {"right_lung_volume_ml", "left_lung_volume_ml"}
     record = json.loads((tmp_path / "compare.json").read_text())
     assert record["sources"][0]["model_id"] == "lung-ct" and record["sources"][0]["weights_sha256"] is None
     assert record["reference"]["segments"] == {"3": "SCT:80891009", "7": "SCT:39607008+SCT:7771000",

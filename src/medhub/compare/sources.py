@@ -397,8 +397,10 @@ class ModelSource(Source):
                     case_name(record.get("path", case["case_id"]), self.case_pattern)
                     if record.get("kind") == "volume-file" else case_name(case["case_id"], self.case_pattern)]
             values = {k: float(v) for k, v in case.get("values", {}).items() if isinstance(v, int | float)}
-            out.append(SourceCase(keys=tuple(k for k in keys if k), path=Path(case["outputs"]["nifti"]),
-                                  display=case["case_id"], values=values))
+            # The run folder, not the recorded path: that may be relative to where the run was started.
+            labels = self.folder / case["case_id"] / Path(case["outputs"]["nifti"]).name
+            out.append(SourceCase(keys=tuple(k for k in keys if k), path=labels, display=case["case_id"],
+                                  values=values))
         return out
 
     def failures(self) -> list[dict[str, str]]:
@@ -450,7 +452,9 @@ def parse_source(spec: str, *, data: Path, output: Path, case_pattern: str | Non
         raise InputError(path, "not a model id, a folder of predictions or a label mapping file", code="not-found")
     if name:
         source.name = name
-    source.spec = spec
+    # Kept in compare.json for the dashboard, which may run elsewhere: paths absolute, the name explicit.
+    source.spec = rest if isinstance(source, ModelSource) and not name else (
+        f"{source.name}={path.resolve() if path.exists() else rest}")
     return source
 
 

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from medhub.dashboard.catalog import Catalog
-from medhub.errors import InputError
+from medhub.errors import InputError, MedhubError
 from medhub.io.orientation import apply_canonical, canonical_transform
 from medhub.io.preview import WINDOW_PRESETS, render_slice
 from medhub.io.volume import Volume
@@ -58,6 +58,7 @@ class CaseImages:
         self._cache: OrderedDict[str, ViewableCase] = OrderedDict()
         self._lock = threading.Lock()
         self._compare: Any = None
+        self._compare_notes: list[str] = []
 
     def case(self, case_id: str) -> ViewableCase:
         with self._lock:
@@ -136,8 +137,13 @@ class CaseImages:
             data, out = Path(record["input"]), self.catalog.folder
             specs = [s for s in [*record.get("sources", []), record.get("reference")] if s]
             pattern = (record.get("options") or {}).get("case_pattern")
-            sources = {s["name"]: parse_source(s["spec"], data=data, output=out, case_pattern=pattern)
-                       for s in specs if s.get("spec")}
+            sources, self._compare_notes = {}, []
+            for spec in specs:
+                try:
+                    sources[spec["name"]] = parse_source(spec.get("spec") or "", data=data, output=out,
+                                                         case_pattern=pattern)
+                except MedhubError as e:  # a source moved since the comparison: show the others
+                    self._compare_notes.append(f"{spec['name']}: {e.message}")
             for source in sources.values():
                 if hasattr(source, "load_record"):
                     source.load_record()
@@ -156,11 +162,15 @@ class CaseImages:
             match = next((c for c in source.cases() if set(c.keys) & set(entry["keys"])), None)
             if match is None:
                 continue
-            array, described = source.labels(match, grid)
+            try:
+                array, described = source.labels(match, grid)
+            except MedhubError as e:
+                self._compare_notes.append(f"{name}: {e.message}")
+                continue
             labels[name] = array
             segments[name] = [{"label": s.label, "name": s.concept.name, "concept": s.concept.key,
                                "color": list(s.color) if s.color else None} for s in described]
-        return _canonical(grid, labels, segments, "", has_image=True)
+        return _canonical(grid, labels, segments, "; ".join(self._compare_notes), has_image=True)
 
 
 def _default_window(view: ViewableCase) -> str:
