@@ -25,7 +25,6 @@ if TYPE_CHECKING:
 
 #: Cases shown at each end of the ranking.
 N_SHOWN = 5
-_FALLBACK = [(230, 80, 60), (60, 140, 230), (80, 200, 90), (240, 200, 40), (200, 90, 220)]
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1200px}
 table{border-collapse:collapse;margin:1em 0;font-size:13px}td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}
@@ -124,7 +123,7 @@ def thumbnail(comparison: Comparison, case_id: str, pred_name: str, ref_name: st
     """A base64 PNG: the axial slice where the pair's masks disagree most (the reference's largest slice when
     they agree), in radiological orientation; ``None`` when the case cannot be loaded again."""
     from medhub.io.orientation import apply_canonical, canonical_transform
-    from medhub.io.preview import render_slice
+    from medhub.io.preview import auto_window, fallback_color, render_slice
 
     case, found = comparison.matches.get(case_id, (None, {}))
     if case is None or found.get(pred_name) is None or found.get(ref_name) is None:
@@ -150,19 +149,14 @@ def thumbnail(comparison: Comparison, case_id: str, pred_name: str, ref_name: st
         reference_area += rm.sum(axis=(1, 2))
     score = disagreement if disagreement.any() else reference_area
     k = int(np.argmax(score)) if score.any() else image.shape[0] // 2
-    fills = [(pred_labels[k] == p.label, p.color or _FALLBACK[i % len(_FALLBACK)]) for i, (p, _) in
+    fills = [(pred_labels[k] == p.label, p.color or fallback_color(i)) for i, (p, _) in
              enumerate(common)]
     outlines = [(ref_labels[k] == r.label, (255, 255, 255)) for _, r in common]
-    level, width = (-300.0, 1400.0) if (grid.modality or "CT") == "CT" else _auto_window(image[k])
+    level, width = (-300.0, 1400.0) if (grid.modality or "CT") == "CT" else auto_window(image[k])
     picture = render_slice(image[k], spacing[1], spacing[2], level, width, fills=fills, outlines=outlines, size=size)
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG")
     return base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def _auto_window(image: np.ndarray) -> tuple[float, float]:
-    low, high = np.percentile(image, [1, 99])
-    return float((low + high) / 2), float(max(high - low, 1e-6))
 
 
 def write_report(comparison: Comparison, data: Path, case_pattern: str | None) -> Path:

@@ -31,7 +31,6 @@ import csv
 import glob
 import json
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -294,55 +293,38 @@ class SegFolderSource(Source):
             except Exception:  # the SEG references other instances: fall back on its geometry
                 labels, described = None, None
             if labels is not None:
-                return labels, _segments_from_seg(case.path, described)
+                return labels, segments_from_seg(described)
         labels, affine, described = _seg_with_geometry(case.path)
         from medhub.masks import resample_labels
 
-        return resample_labels(labels, affine, grid.affine, grid.shape), _segments_from_seg(case.path, described)
+        return resample_labels(labels, affine, grid.affine, grid.shape), segments_from_seg(described)
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "path": str(self.origin), "files": len(self.files)}
 
 
 def _seg_with_geometry(path: Path) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
+    """A SEG's label map on its own geometry (highdicom ``get_volume``: (slice, row, column), LPS), its affine
+    and its segment descriptions."""
     import highdicom as hd
 
-    from medhub.io.seg import read_seg
+    from medhub.io.seg import read_segment_descriptions
 
-    seg = hd.seg.segread(path)
-    volume = seg.get_volume(combine_segments=True, relabel=False, dtype=np.uint8)
-    _, described = read_seg(path)
-    # highdicom's volume indexes (slice, row, column) like ours, in LPS.
-    return np.asarray(volume.array), np.asarray(volume.affine, dtype=np.float64), described
+    volume = hd.seg.segread(path).get_volume(combine_segments=True, relabel=False, dtype=np.uint8)
+    return np.asarray(volume.array), np.asarray(volume.affine, dtype=np.float64), read_segment_descriptions(path)
 
 
-def _segments_from_seg(path: Path, described: list[dict[str, Any]]) -> list[Segment]:
-    import pydicom
-
-    colors: dict[int, tuple[int, int, int]] = {}
-    ds = pydicom.dcmread(path, stop_before_pixels=True)
-    for item in ds.get("SegmentSequence", []):
-        lab = item.get("RecommendedDisplayCIELabValue")
-        if lab is not None:
-            colors[int(item.SegmentNumber)] = cielab_to_rgb(lab)
+def segments_from_seg(described: list[dict[str, Any]]) -> list[Segment]:
+    """:class:`Segment` objects from :func:`medhub.io.seg.read_seg`'s descriptions (segments without a type code,
+    which cannot be matched, are left out)."""
     out = []
     for segment in described:
         if segment["type"] is None:
             continue
         concept = Concept.from_codes(segment["type"], segment["modifier"])
-        out.append(Segment(segment["number"], Concept(concept.type, concept.modifier, segment["label"] or
-                                                      concept.name), colors.get(segment["number"])))
+        name = segment["label"] or concept.name
+        out.append(Segment(segment["number"], Concept(concept.type, concept.modifier, name), segment["color_rgb"]))
     return out
-
-
-def cielab_to_rgb(dicom_lab: Iterable[int]) -> tuple[int, int, int]:
-    """A DICOM CIELab triple (each 0-65535, PS3.3 C.10.7.1.1) as sRGB 0-255."""
-    from skimage.color import lab2rgb
-
-    l_star, a_star, b_star = (float(v) for v in dicom_lab)
-    lab = np.array([[[l_star * 100 / 65535, a_star * 255 / 65535 - 128, b_star * 255 / 65535 - 128]]])
-    rgb = lab2rgb(lab)[0, 0]
-    return tuple(round(float(c) * 255) for c in rgb)  # type: ignore[return-value]
 
 
 # ----------------------------------------------------------------------------------------------- hub models

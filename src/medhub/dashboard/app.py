@@ -85,7 +85,7 @@ class Dashboard:
         return links
 
     def relative_output(self, case_id: str, value: str) -> str | None:
-        path = self.images._output_path(case_id, value)
+        path = self.images.output_path(case_id, value)
         if path is None:
             return None
         try:

@@ -11,6 +11,7 @@ Nothing here writes into the folder.
 from __future__ import annotations
 
 import csv
+import fcntl
 import itertools
 import json
 import math
@@ -22,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from medhub.cohort.batch import LOCK_NAME
 from medhub.errors import InputError
 
 #: Columns every catalog's case table has (a subset of the batch store's).
@@ -37,6 +39,48 @@ PATIENT_KEYS = frozenset({"patient_id", "patient_name", "patient_birth_date", "P
 _AGATSTON_BINS = (0, 1, 10, 100, 400, 1000, math.inf)
 
 
+class StoreConnection:
+    """Read-only access to a batch store that writes nothing, not even SQLite's shared-memory file.
+
+    A finished batch has nothing in its write-ahead log: the store is opened ``immutable``, which reads the file
+    and nothing else. While a coordinator runs (it holds the batch lock) or left rows in the log (killed), the store
+    is opened ``mode=ro`` instead, to see the newest rows; SQLite readers then take part in the ``-shm`` lock file.
+    The connection is reopened when that changes.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.live: bool | None = None
+        self.connection: sqlite3.Connection | None = None
+
+    def _live(self) -> bool:
+        wal = self.path.with_name(self.path.name + "-wal")
+        if wal.exists() and wal.stat().st_size > 0:
+            return True
+        lock = self.path.with_name(LOCK_NAME)
+        if not lock.exists():
+            return False
+        with open(lock) as handle:  # a shared record lock only tests the coordinator's; nothing is written
+            try:
+                fcntl.lockf(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except OSError:
+                return True
+            fcntl.lockf(handle, fcntl.LOCK_UN)
+        return False
+
+    def current(self) -> sqlite3.Connection:
+        live = self._live()
+        if self.connection is None or live != self.live:
+            if self.connection is not None:
+                self.connection.close()
+            mode = "mode=ro" if live else "mode=ro&immutable=1"
+            self.connection = sqlite3.connect(f"file:{self.path}?{mode}", uri=True, check_same_thread=False,
+                                              timeout=30.0)
+            self.connection.row_factory = sqlite3.Row  # as ResultsStore reads its rows
+            self.live = live
+        return self.connection
+
+
 @dataclass
 class CasePage:
     total: int
@@ -49,13 +93,16 @@ class Catalog:
 
     folder: Path
     kind: str
-    db: sqlite3.Connection
+    connection: sqlite3.Connection | StoreConnection
     table: str = "cases"
     where: str = "1"
     params: tuple = ()
     record: dict[str, Any] = field(default_factory=dict)
     card: dict[str, Any] | None = None
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def db(self) -> sqlite3.Connection:
+        return self.connection.current() if isinstance(self.connection, StoreConnection) else self.connection
 
     # -- the case table ------------------------------------------------------------------------------------
 
@@ -80,8 +127,8 @@ class Catalog:
             params.append(status)
         direction = "DESC" if descending else "ASC"
         with self.lock:
-            total = self.db.execute(f"SELECT COUNT(*) FROM {self.table} WHERE {where}", params).fetchone()[0]
-            rows = self.db.execute(
+            total = self.db().execute(f"SELECT COUNT(*) FROM {self.table} WHERE {where}", params).fetchone()[0]
+            rows = self.db().execute(
                 f"SELECT {', '.join(COLUMNS)} FROM {self.table} WHERE {where} "
                 f"ORDER BY {order} IS NULL, {order} {direction}, case_id LIMIT ? OFFSET ?",
                 [*params, *order_params, *order_params, max(1, min(limit, 500)), max(0, offset)]).fetchall()
@@ -89,30 +136,30 @@ class Catalog:
 
     def case(self, case_id: str) -> dict[str, Any] | None:
         with self.lock:
-            row = self.db.execute(f"SELECT {', '.join(COLUMNS)} FROM {self.table} WHERE {self.where} AND case_id = ?",
+            row = self.db().execute(f"SELECT {', '.join(COLUMNS)} FROM {self.table} WHERE {self.where} AND case_id = ?",
                                   (*self.params, case_id)).fetchone()
         return None if row is None else _decode(dict(zip(COLUMNS, row, strict=True)))
 
     def case_ids(self) -> list[str]:
         with self.lock:
-            return [r[0] for r in self.db.execute(f"SELECT case_id FROM {self.table} WHERE {self.where} "
+            return [r[0] for r in self.db().execute(f"SELECT case_id FROM {self.table} WHERE {self.where} "
                                                   "ORDER BY case_id", self.params)]
 
     # -- the overview --------------------------------------------------------------------------------------
 
     def overview(self) -> dict[str, Any]:
         with self.lock:
-            statuses = dict(self.db.execute(f"SELECT status, COUNT(*) FROM {self.table} WHERE {self.where} "
+            statuses = dict(self.db().execute(f"SELECT status, COUNT(*) FROM {self.table} WHERE {self.where} "
                                             "GROUP BY status", self.params).fetchall())
-            reasons = dict(self.db.execute(
+            reasons = dict(self.db().execute(
                 f"SELECT reason_code, COUNT(*) FROM {self.table} WHERE {self.where} AND status = 'failed' "
                 "GROUP BY reason_code ORDER BY COUNT(*) DESC", self.params).fetchall())
-            versions = dict(self.db.execute(
+            versions = dict(self.db().execute(
                 f"SELECT model_version, COUNT(*) FROM {self.table} WHERE {self.where} AND model_version IS NOT NULL "
                 "GROUP BY model_version", self.params).fetchall())
-            scores = [r[0] for r in self.db.execute(f"SELECT agatston FROM {self.table} WHERE {self.where} AND "
+            scores = [r[0] for r in self.db().execute(f"SELECT agatston FROM {self.table} WHERE {self.where} AND "
                                                      "agatston IS NOT NULL", self.params)]
-            categories = dict(self.db.execute(
+            categories = dict(self.db().execute(
                 f"SELECT risk_category, COUNT(*) FROM {self.table} WHERE {self.where} AND risk_category IS NOT NULL "
                 "GROUP BY risk_category", self.params).fetchall())
         out: dict[str, Any] = {
@@ -210,7 +257,7 @@ def _run_catalog(folder: Path, record: dict[str, Any]) -> Catalog:
             "wall_s": sum((case.get("timings_s") or {}).values()) or None, "model_version": model.get("version"),
         })
     card = _card_of(model.get("id"))
-    return Catalog(folder=folder, kind="run", db=_memory_table(rows), record={k: v for k, v in record.items()
+    return Catalog(folder=folder, kind="run", connection=_memory_table(rows), record={k: v for k, v in record.items()
                                                                              if k != "cases"}, card=card)
 
 
@@ -228,13 +275,12 @@ def _card_of(model_id: str | None) -> dict[str, Any] | None:
 def _batch_catalog(folder: Path) -> Catalog:
     from medhub.cohort.store import STORE_NAME, ResultsStore
 
-    with ResultsStore.open_existing(folder) as store:
-        run = store.current_run()
+    connection = StoreConnection(folder / STORE_NAME)
+    run = ResultsStore(connection.path, connection.current()).current_run()
     if run is None:
         raise InputError(folder, "the batch store holds no run yet", code="empty-batch")
-    # Read-only (mode=ro), shared by the server's worker threads, which the lock serialises.
-    db = sqlite3.connect(f"file:{folder / STORE_NAME}?mode=ro", uri=True, check_same_thread=False, timeout=30.0)
-    return Catalog(folder=folder, kind="batch", db=db, where="run_id = ?", params=(run.run_id,),
+    # Shared by the server's worker threads, which the catalog's lock serialises.
+    return Catalog(folder=folder, kind="batch", connection=connection, where="run_id = ?", params=(run.run_id,),
                    record={"model": {"id": run.model_id, "version": run.model_version,
                                      "weights_sha256": run.weights_sha256}, "run_id": run.run_id,
                            "source": run.source, "created_utc": run.created_utc, "provenance": run.provenance,
@@ -261,7 +307,7 @@ def _release_catalog(folder: Path) -> Catalog:
             "warnings_json": None, "input_json": None, "wall_s": _number(row.get("wall_s")) or None,
             "model_version": row.get("model_version"),
         })
-    return Catalog(folder=folder, kind="release", db=_memory_table(rows), record=record,
+    return Catalog(folder=folder, kind="release", connection=_memory_table(rows), record=record,
                    card=record.get("card") or _card_of((record.get("model") or {}).get("id")))
 
 
@@ -297,4 +343,4 @@ def _compare_catalog(folder: Path, record: dict[str, Any]) -> Catalog:
     if (folder / "summary.csv").is_file():
         with (folder / "summary.csv").open(newline="", encoding="utf-8") as handle:
             summary = [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(handle)]
-    return Catalog(folder=folder, kind="compare", db=_memory_table(rows), record={**record, "summary": summary})
+    return Catalog(folder=folder, kind="compare", connection=_memory_table(rows), record={**record, "summary": summary})

@@ -24,12 +24,11 @@ import numpy as np
 from medhub.dashboard.catalog import Catalog
 from medhub.errors import InputError, MedhubError
 from medhub.io.orientation import apply_canonical, canonical_transform
-from medhub.io.preview import WINDOW_PRESETS, render_slice
+from medhub.io.preview import WINDOW_PRESETS, auto_window, fallback_color, render_slice
 from medhub.io.volume import Volume
 
 #: Cases kept decoded in memory (a 512x512x300 CT with its labels is about 230 MB).
 CACHED_CASES = 3
-_FALLBACK = [(230, 80, 60), (60, 140, 230), (80, 200, 90), (240, 200, 40), (200, 90, 220)]
 
 
 @dataclass
@@ -95,7 +94,7 @@ class CaseImages:
             plane = view.labels[name][index]
             for i, segment in enumerate(view.segments[name]):
                 if labels is None or segment["label"] in labels:
-                    fills.append((plane == segment["label"], segment["color"] or _FALLBACK[i % len(_FALLBACK)]))
+                    fills.append((plane == segment["label"], segment["color"] or fallback_color(i)))
         gray = view.image[index] if view.image is not None else np.full(view.shape[1:], -1000, np.int16)
         level, width = _window(window, gray if view.image is not None else None)
         picture = render_slice(gray, view.spacing[1], view.spacing[2], level, width, fills=fills, size=size)
@@ -112,7 +111,7 @@ class CaseImages:
         if self.catalog.kind == "compare":
             return self._load_compare(case_id)
         volume, note = _input_volume(row.get("input") or {}, self.catalog.record)
-        outputs = {k: self._output_path(case_id, v) for k, v in (row.get("outputs") or {}).items()}
+        outputs = {k: self.output_path(case_id, v) for k, v in (row.get("outputs") or {}).items()}
         labels, segments, grid = _case_labels(outputs, volume, self.catalog.card)
         if volume is None and grid is None:
             raise InputError(case_id, "neither the input images nor a label map or SEG of this case can be read",
@@ -120,7 +119,9 @@ class CaseImages:
         return _canonical(volume or grid, {"prediction": labels} if labels is not None else {},
                           {"prediction": segments}, note, has_image=volume is not None)
 
-    def _output_path(self, case_id: str, value: str) -> Path | None:
+    def output_path(self, case_id: str, value: str) -> Path | None:
+        """Where an output file recorded as ``value`` is now: run records may hold paths relative to where the
+        run was started, batch records absolute ones."""
         path = Path(value)
         candidates = [path] if path.is_absolute() else [self.catalog.folder / path]
         if self.catalog.kind == "batch":
@@ -168,9 +169,14 @@ class CaseImages:
                 self._compare_notes.append(f"{name}: {e.message}")
                 continue
             labels[name] = array
-            segments[name] = [{"label": s.label, "name": s.concept.name, "concept": s.concept.key,
-                               "color": list(s.color) if s.color else None} for s in described]
+            segments[name] = [segment_dict(s) for s in described]
         return _canonical(grid, labels, segments, "; ".join(self._compare_notes), has_image=True)
+
+
+def segment_dict(segment: Any) -> dict[str, Any]:
+    """A :class:`medhub.compare.sources.Segment` as the viewer's API describes it."""
+    return {"label": segment.label, "name": segment.concept.name, "concept": segment.concept.key,
+            "color": list(segment.color) if segment.color else None}
 
 
 def _default_window(view: ViewableCase) -> str:
@@ -182,10 +188,7 @@ def _default_window(view: ViewableCase) -> str:
 def _window(name: str, gray: np.ndarray | None) -> tuple[float, float]:
     if name in WINDOW_PRESETS:
         return WINDOW_PRESETS[name]
-    if gray is None:
-        return 0.0, 2000.0
-    low, high = np.percentile(gray, [1, 99])
-    return float((low + high) / 2), float(max(high - low, 1e-6))
+    return (0.0, 2000.0) if gray is None else auto_window(gray)
 
 
 def _input_volume(record: dict[str, Any], run_record: dict[str, Any]) -> tuple[Volume | None, str]:
@@ -212,24 +215,15 @@ def _input_volume(record: dict[str, Any], run_record: dict[str, Any]) -> tuple[V
 def _case_labels(outputs: dict[str, Path | None], volume: Volume | None, card: dict[str, Any] | None
                  ) -> tuple[np.ndarray | None, list[dict[str, Any]], Volume | None]:
     """Labels on the volume's grid (or the SEG's own grid), segment descriptions and that grid."""
-    from medhub.compare.sources import Concept, cielab_to_rgb
+    from medhub.compare.sources import segments_from_seg
     from medhub.masks import resample_labels
 
     seg_path, nifti_path = outputs.get("seg"), outputs.get("nifti")
     segments: list[dict[str, Any]] = []
     if seg_path is not None:
-        import pydicom
+        from medhub.io.seg import read_segment_descriptions
 
-        ds = pydicom.dcmread(seg_path, stop_before_pixels=True)
-        for item in ds.get("SegmentSequence", []):
-            lab = item.get("RecommendedDisplayCIELabValue")
-            code = item.SegmentedPropertyTypeCodeSequence[0]
-            modifier = code.get("SegmentedPropertyTypeModifierCodeSequence")
-            concept = Concept.from_codes((code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning),
-                                         (modifier[0].CodeValue, modifier[0].CodingSchemeDesignator,
-                                          modifier[0].CodeMeaning) if modifier else None)
-            segments.append({"label": int(item.SegmentNumber), "name": str(item.SegmentLabel),
-                             "concept": concept.key, "color": list(cielab_to_rgb(lab)) if lab else None})
+        segments = [segment_dict(s) for s in segments_from_seg(read_segment_descriptions(seg_path))]
     elif card is not None:
         for spec in card.get("outputs", {}).get("segments", []):
             segments.append({"label": spec["label"], "name": spec["name"], "concept": spec["type"]["value"],

@@ -13,7 +13,8 @@ from medhub.io.files import atomic_path
 from medhub.io.orientation import apply_canonical, canonical_transform
 from medhub.io.volume import Volume
 
-_FALLBACK_COLORS = [(230, 80, 60), (60, 140, 230), (80, 200, 90), (240, 200, 40), (200, 90, 220)]
+#: Colours of segments that bring none of their own, in order.
+FALLBACK_COLORS = [(230, 80, 60), (60, 140, 230), (80, 200, 90), (240, 200, 40), (200, 90, 220)]
 
 
 def window(array: np.ndarray, level: float = -300.0, width: float = 1400.0) -> np.ndarray:
@@ -42,7 +43,7 @@ def write_overlay_png(
         cz, cy, _ = (round(c) for c in np.argwhere(mask == rarest).mean(axis=0))
     else:
         cz, cy = image.shape[0] // 2, image.shape[1] // 2
-    colors = {s.label: s.color_rgb or _FALLBACK_COLORS[i % len(_FALLBACK_COLORS)] for i, s in enumerate(segments)}
+    colors = {s.label: s.color_rgb or fallback_color(i) for i, s in enumerate(segments)}
     panels = [
         _panel(image[cz], mask[cz], colors, sy, sx, level, width),
         _panel(image[::-1, cy], mask[::-1, cy], colors, sz, sx, level, width),  # head at the top
@@ -76,6 +77,17 @@ WINDOW_PRESETS: dict[str, tuple[float, float]] = {
     "bone": (400.0, 1800.0),
     "brain": (40.0, 80.0),
 }
+
+
+def fallback_color(index: int) -> tuple[int, int, int]:
+    """The display colour of the ``index``-th segment that has none."""
+    return FALLBACK_COLORS[index % len(FALLBACK_COLORS)]
+
+
+def auto_window(gray: np.ndarray) -> tuple[float, float]:
+    """A (level, width) spanning the 1st to 99th percentile: for images without a unit such as HU (MR)."""
+    low, high = np.percentile(gray, [1, 99])
+    return float((low + high) / 2), float(max(high - low, 1e-6))
 
 
 def render_slice(gray: np.ndarray, row_mm: float, col_mm: float, level: float, width: float, *,

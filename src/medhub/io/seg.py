@@ -344,7 +344,8 @@ def read_seg(path: str | Path, reference: Volume | None = None) -> tuple[np.ndar
     labels, segments:
         The label map (0 = background) and, per segment, a dict with ``number``, ``label`` (the segment
         label text), ``category``, ``type``, ``modifier``, ``anatomic_region`` (each ``(value, scheme,
-        meaning)`` or None), ``tracking_id`` and ``tracking_uid``.
+        meaning)`` or None), ``tracking_id``, ``tracking_uid`` and ``color_rgb`` (the recommended display colour,
+        sRGB 0-255, or None).
     """
     path = Path(path)
     try:
@@ -387,9 +388,26 @@ def _code_tuple(items: Sequence[Dataset] | None) -> tuple[str, str, str] | None:
     return str(item.CodeValue), str(item.CodingSchemeDesignator), str(item.CodeMeaning)
 
 
+def read_segment_descriptions(path: str | Path) -> list[dict[str, Any]]:
+    """The segments of a SEG as :func:`read_seg` describes them, without reading its pixel data."""
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    return [_describe(item) for item in ds.get("SegmentSequence", []) if int(item.SegmentNumber) != 0]
+
+
+def cielab_to_rgb(dicom_lab: Sequence[int]) -> tuple[int, int, int]:
+    """A DICOM CIELab triple (each 0-65535, PS3.3 C.10.7.1.1) as sRGB 0-255."""
+    from skimage.color import lab2rgb
+
+    l_star, a_star, b_star = (float(v) for v in dicom_lab)
+    lab = np.array([[[l_star * 100 / 65535, a_star * 255 / 65535 - 128, b_star * 255 / 65535 - 128]]])
+    return tuple(round(float(c) * 255) for c in lab2rgb(lab)[0, 0])  # type: ignore[return-value]
+
+
 def _describe(item: Dataset) -> dict[str, Any]:
     type_items = item.get("SegmentedPropertyTypeCodeSequence")
+    lab = item.get("RecommendedDisplayCIELabValue")
     return {
+        "color_rgb": cielab_to_rgb(lab) if lab else None,
         "number": int(item.SegmentNumber),
         "label": str(item.SegmentLabel),
         "category": _code_tuple(item.get("SegmentedPropertyCategoryCodeSequence")),
