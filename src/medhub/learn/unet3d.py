@@ -11,6 +11,11 @@ Design choices, stated once:
   evaluation mode. With ``"none"`` the network is a plain stack of convolutions, so its output at a voxel does not
   depend on how large the input crop is (apart from within the receptive field of the borders), which makes tiled
   inference exact.
+* Presets (:data:`PRESETS`): ``tiny`` for CPU, ``unet_b`` (32 base filters) and ``unet_xl`` (64), as in the FOMO25
+  baseline. Task heads sit on top of the same encoder: the decoder and a 1x1x1 convolution for segmentation (and
+  for reconstruction in masked-autoencoder pretraining), :class:`PooledHead` (global average pooling of the
+  bottleneck, then a linear layer) for classification and regression. So one pretrained checkpoint serves every
+  task kind.
 * Each level is two 3x3x3 convolutions with LeakyReLU; down-sampling is a stride-2 max pool, up-sampling a
   stride-2 transposed convolution followed by concatenation with the skip connection. Input sizes must therefore
   be divisible by ``2 ** (depth - 1)`` in every axis; :func:`pad_to_multiple` helps.
@@ -69,6 +74,21 @@ class UNet3DConfig:
     def from_dict(cls, data: dict[str, Any]) -> UNet3DConfig:
         known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
         return cls(**known)
+
+
+#: Named configurations; ``in_channels`` / ``out_channels`` are set per task with :func:`preset`.
+PRESETS: dict[str, UNet3DConfig] = {
+    "tiny": UNet3DConfig(base_channels=8, depth=4, norm="instance"),
+    "unet_b": UNet3DConfig(base_channels=32, depth=5, norm="instance"),
+    "unet_xl": UNet3DConfig(base_channels=64, depth=5, norm="instance"),
+}
+
+
+def preset(name: str, **overrides: Any) -> UNet3DConfig:
+    """The :data:`PRESETS` configuration ``name`` with ``overrides`` (e.g. ``in_channels=2``)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown architecture {name!r}; choose from {', '.join(PRESETS)}")
+    return UNet3DConfig(**{**PRESETS[name].to_dict(), **overrides})
 
 
 def _norm(kind: NormKind, channels: int, groups: int) -> nn.Module:
@@ -191,6 +211,19 @@ class UNet3D(nn.Module):
 
     def n_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+class PooledHead(nn.Module):
+    """Classification or regression from an :class:`Encoder`'s output: the bottleneck (its last level) averaged over
+    space, dropout, then a linear layer to ``out_features`` logits or values."""
+
+    def __init__(self, in_channels: int, out_features: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.linear = nn.Linear(in_channels, out_features)
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        return self.linear(self.dropout(features[-1].mean(dim=(2, 3, 4))))
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int, value: float = 0.0) -> tuple[torch.Tensor, tuple[int, ...]]:
