@@ -17,6 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from medhub import __version__
+from medhub.brain.cli import pretrain_command
 from medhub.cac.cli import cac_app
 from medhub.cohort.cli import batch_command, release_command
 from medhub.compare.cli import compare_command
@@ -35,6 +36,7 @@ app.command("batch")(batch_command)
 app.command("release")(release_command)
 app.command("compare")(compare_command)
 app.command("dashboard")(dashboard_command)
+app.command("pretrain")(pretrain_command)
 console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
 _state = {"debug": False}

@@ -84,6 +84,11 @@ class PretrainingNet(nn.Module):
                              "negatives)")
         return self.contrastive_loss(F.normalize(self.embed(view_a), dim=1), F.normalize(self.embed(view_b), dim=1))
 
+    def forward(self, objective: Objective, view_a: torch.Tensor, view_b: torch.Tensor | None = None, *,
+                mask: torch.Tensor | None = None, mae_weight: float = 0.5) -> dict[str, torch.Tensor]:
+        """The losses of one batch (:meth:`loss`); the forward pass, so that DDP synchronises its gradients."""
+        return self.loss(objective, view_a, view_b, mask=mask, mae_weight=mae_weight)
+
     def loss(self, objective: Objective, view_a: torch.Tensor, view_b: torch.Tensor | None = None, *,
              mask: torch.Tensor | None = None, mae_weight: float = 0.5) -> dict[str, torch.Tensor]:
         """``{"loss": …, "mae": …, "contrastive": …}`` for one batch (the parts the objective uses)."""
