@@ -17,7 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from medhub import __version__
-from medhub.brain.cli import pretrain_command
+from medhub.brain.cli import finetune_command, pretrain_command
 from medhub.cac.cli import cac_app
 from medhub.cohort.cli import batch_command, release_command
 from medhub.compare.cli import compare_command
@@ -37,6 +37,7 @@ app.command("release")(release_command)
 app.command("compare")(compare_command)
 app.command("dashboard")(dashboard_command)
 app.command("pretrain")(pretrain_command)
+app.command("finetune")(finetune_command)
 console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
 _state = {"debug": False}
