@@ -153,11 +153,12 @@ def remove_stale_staging(run_output: Path, case_id: str | None = None) -> int:
     return removed
 
 
-def _gather_sources(input_root: Path | None, manifest: Path | None) -> tuple[list[CaseSource], list[str], str]:
+def _gather_sources(input_root: Path | None, manifest: Path | None, sequences: list | None = None
+                    ) -> tuple[list[CaseSource], list[str], str]:
     if manifest is not None:
         return read_manifest(manifest, input_root), [], f"manifest:{manifest}"
     assert input_root is not None  # run_batch checked that one of the two is given
-    sources, warnings = sources_from_root(input_root)
+    sources, warnings = sources_from_root(input_root, sequences)
     return sources, warnings, f"input:{input_root}"
 
 
@@ -202,7 +203,7 @@ def run_batch(
     lock = _acquire_lock(output)
     store = ResultsStore.create_or_open(output)
     try:
-        sources, warnings, source_text = _gather_sources(input_root, manifest)
+        sources, warnings, source_text = _gather_sources(input_root, manifest, model_obj.card.inputs.sequences)
         provenance = provenance_record(model_obj, digest)
         run = _select_run(store, model_obj, digest, source_text, provenance, new_run)
         run_output = output / run.output_dir

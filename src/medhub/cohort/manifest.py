@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from medhub.errors import InputError
-from medhub.hub.cases import Case, discover_cases
+from medhub.hub.card import SequenceSpec
+from medhub.hub.cases import Case, discover_cases, discover_inputs
 
 _PATH_COLUMNS = ("path", "folder", "file")
 _UID_COLUMNS = ("series_instance_uid", "seriesinstanceuid", "series_uid")
@@ -55,7 +56,12 @@ class CaseSource:
 
 
 def case_identity(case: Case) -> dict[str, str]:
-    """Patient ID and study/series UIDs of a discovered case (surrogates where the files lack them)."""
+    """Patient ID and study/series UIDs of a discovered case (surrogates where the files lack them); a session
+    is identified by its first DICOM sequence."""
+    if case.is_session:
+        first = next((sub for sub in case.inputs.values() if sub.series is not None), None)
+        return case_identity(first) if first is not None else {"patient_id": "", "study_instance_uid": "",
+                                                               "series_instance_uid": ""}
     if case.series is None:
         return {"patient_id": "", "study_instance_uid": "", "series_instance_uid": ""}
     header = case.series.headers[0]
@@ -72,9 +78,11 @@ def _source_for(case: Case, case_id: str | None = None) -> CaseSource:
                       **identity)
 
 
-def sources_from_root(root: str | Path) -> tuple[list[CaseSource], list[str]]:
-    """Every case under ``root`` (as ``medhub run`` finds them) and the discovery warnings."""
-    discovery = discover_cases(root)
+def sources_from_root(root: str | Path, sequences: list[SequenceSpec] | None = None
+                      ) -> tuple[list[CaseSource], list[str]]:
+    """Every case under ``root`` (as ``medhub run`` finds them for a model of these ``sequences``) and the
+    discovery warnings."""
+    discovery = discover_inputs(root, sequences or [])
     return [_source_for(case) for case in discovery.cases], discovery.warnings
 
 
@@ -169,7 +177,7 @@ def _unique_ids(sources: list[CaseSource], manifest: Path, explicit: set[str]) -
     return unique
 
 
-def resolve_case(source: CaseSource) -> Case:
+def resolve_case(source: CaseSource, sequences: list[SequenceSpec] | None = None) -> Case:
     """The :class:`Case` a source stands for, discovering it when the coordinator did not (runs in the worker).
 
     Raises :class:`InputError` when the path holds no case, not the requested series, or several series and no
@@ -177,7 +185,7 @@ def resolve_case(source: CaseSource) -> Case:
     """
     if source.case is not None:
         return source.case
-    cases = discover_cases(source.source_path).cases
+    cases = discover_inputs(source.source_path, sequences or []).cases
     if source.series_instance_uid:
         cases = [c for c in cases if c.series is not None and c.series.uid == source.series_instance_uid]
         if not cases:

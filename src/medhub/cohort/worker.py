@@ -89,7 +89,7 @@ def execute_task(task: CaseTask) -> dict[str, Any]:
     limit_threads(task.threads)
     try:
         model = get_model(task.model_id)  # cached per process: a worker loads the model once
-        case = resolve_case(task.source)
+        case = resolve_case(task.source, model.card.inputs.sequences)
     except MedhubError as e:
         return failure_outcome(task, e.code, e.message, wall_s=time.perf_counter() - started, worker=worker_name())
     try:

@@ -49,12 +49,38 @@ class SpacingRange(Strict):
     slice_max: float = Field(10.0, gt=0)
 
 
+class SequenceSpec(Strict):
+    """One named input of a multi-sequence model (e.g. ``flair``), and how the runner finds it in a session.
+
+    In a NIfTI session folder it is the file named ``<name>.nii.gz`` (FOMO60K's naming); among the DICOM series of
+    a study, the first series whose SeriesDescription matches one of ``series_description`` (regular expressions,
+    case-insensitive; by default the name itself).
+    """
+
+    name: str = Field(pattern=r"^[a-z0-9_]+$")
+    required: bool = True
+    series_description: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, data: object) -> object:
+        return {"name": data} if isinstance(data, str) else data
+
+    def matches(self, description: str) -> bool:
+        import re
+
+        rules = self.series_description or [re.escape(self.name)]
+        return any(re.search(rule, description, flags=re.IGNORECASE) for rule in rules)
+
+
 class InputSpec(Strict):
     """What a model accepts. The runner refuses any case that does not match, with the reason."""
 
     modality: Literal["CT", "MR", "PT", "CR", "DX", "XC", "OT"]
     body_part: str
-    sequences: list[str] = Field(default_factory=list, description="Required MR sequences, e.g. ['T1w'].")
+    sequences: list[SequenceSpec] = Field(
+        default_factory=list, description="Named inputs of a multi-sequence model, in order (the first present is "
+        "the grid the outputs are on); empty for a model of one volume.")
     spacing_mm: SpacingRange = SpacingRange()
     min_slices: int = Field(8, ge=1)
     contrast: Literal["any", "non-contrast", "contrast"] = "any"

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from medhub.errors import InputError
+from medhub.hub.card import SequenceSpec
 from medhub.io.dicom import DicomSeries, scan_dicom
 from medhub.io.nifti import is_volume_file, read_volume
 from medhub.io.tree import FileTree
@@ -19,7 +20,9 @@ from medhub.io.volume import Volume
 
 @dataclass
 class Case:
-    """One unit of work for a model: a DICOM series or a volume file.
+    """One unit of work for a model: a DICOM series or a volume file, or, for a model of several named sequences,
+    a session whose ``inputs`` map each sequence found to its series or file (``missing`` names the required ones
+    that were not found).
 
     ``id`` names the case's output folder; it is derived from the input's relative location, so it is stable
     across runs.
@@ -28,10 +31,19 @@ class Case:
     id: str
     path: Path
     series: DicomSeries | None = None
+    inputs: dict[str, Case] = field(default_factory=dict)
+    missing: list[str] = field(default_factory=list)
+
+    @property
+    def is_session(self) -> bool:
+        return bool(self.inputs) or bool(self.missing)
 
     @property
     def label(self) -> str:
-        """How messages name this case: ``series <uid>`` for DICOM, the file path otherwise."""
+        """How messages name this case: ``series <uid>`` for DICOM, ``session <folder>`` for a session, the file
+        path otherwise."""
+        if self.is_session:
+            return f"session {self.path}"
         return f"series {self.series.uid}" if self.series is not None else str(self.path)
 
     @property
@@ -45,6 +57,10 @@ class Case:
 
     def input_record(self) -> dict[str, Any]:
         """What the provenance record says about this input."""
+        if self.is_session:
+            return {"kind": "session", "path": os.path.abspath(self.path),
+                    "inputs": {name: case.input_record() for name, case in self.inputs.items()},
+                    "missing": list(self.missing)}
         if self.series is None:
             return {"kind": "volume-file", "path": os.path.abspath(self.path)}
         headers = self.series.headers
@@ -120,6 +136,75 @@ def discover_cases(path: str | Path, progress: Callable[[int, int], None] | None
         raise InputError(root, _nothing_found(root, non_dicom, scan.unreadable, tree), code=_nothing_code(scan))
     return Discovery(cases=cases, non_dicom_files=max(non_dicom, 0), unreadable=scan.unreadable,
                      warnings=warnings, tree=tree)
+
+
+def discover_inputs(path: str | Path, sequences: list[SequenceSpec],
+                    progress: Callable[[int, int], None] | None = None) -> Discovery:
+    """The cases of a model: :func:`discover_cases` for a model of one volume, :func:`discover_sessions` for a
+    model that declares named sequences."""
+    return discover_sessions(path, sequences, progress) if sequences else discover_cases(path, progress)
+
+
+def discover_sessions(path: str | Path, sequences: list[SequenceSpec],
+                      progress: Callable[[int, int], None] | None = None) -> Discovery:
+    """Sessions under ``path`` for a model of named ``sequences``, one case each:
+
+    * a folder holding ``<name>.nii.gz`` files (or another volume suffix) for any declared name: FOMO60K's session
+      layout; other files in it are ignored;
+    * the DICOM series of one study: each declared sequence is the first series (in series-number order) whose
+      SeriesDescription matches its rules, each series used once.
+
+    A session that lacks a required sequence is still a case, with ``missing`` set: the runner refuses it naming
+    the sequence, and the other sessions go on.
+    """
+    root = Path(path)
+    if not root.exists():
+        raise InputError(root, "input not found", code="not-found")
+    names = [s.name for s in sequences]
+    required = [s.name for s in sequences if s.required]
+    scan = scan_dicom(root, progress=progress)
+    tree = scan.tree
+    base = root if root.is_dir() else root.parent
+    cases: list[Case] = []
+    by_folder: dict[Path, dict[str, Path]] = {}
+    for file in tree.files:
+        if is_volume_file(file) and _volume_stem(file).lower() in names:
+            by_folder.setdefault(file.parent, {})[_volume_stem(file).lower()] = file
+    for folder, files in sorted(by_folder.items()):
+        rel = folder.relative_to(base) if folder.is_relative_to(base) else Path(folder.name)
+        case_id = _slug(str(rel)) if str(rel) != "." else _slug(folder.name)
+        inputs = {n: Case(id=case_id, path=files[n]) for n in names if n in files}
+        cases.append(Case(id=case_id, path=folder, inputs=inputs, missing=[n for n in required if n not in files]))
+    by_study: dict[str, list[DicomSeries]] = {}
+    for series in scan.series:
+        by_study.setdefault(str(series.headers[0].get("StudyInstanceUID", "")), []).append(series)
+    for studies in by_study.values():
+        studies.sort(key=lambda s: (_series_number(s), s.uid))
+        inputs, used = {}, set()
+        for spec in sequences:
+            match = next((s for s in studies if s.uid not in used and spec.matches(s.description)), None)
+            if match is not None:
+                used.add(match.uid)
+                inputs[spec.name] = match
+        folder = _common_folder([f for s in studies for f in s.files])
+        rel = folder.relative_to(base) if folder.is_relative_to(base) else Path(folder.name)
+        case_id = _slug(str(rel)) if str(rel) != "." else _root_series_name(studies[0], base)
+        cases.append(Case(id=case_id, path=folder, inputs={n: Case(id=case_id, path=_common_folder(s.files), series=s)
+                                                           for n, s in inputs.items()},
+                          missing=[n for n in required if n not in inputs]))
+    _make_ids_unique(cases)
+    warnings = [f"{file}: {reason} (skipped)" for file, reason in scan.unreadable] + tree.summary()
+    if not cases:
+        raise InputError(root, f"no session with any of the sequences {', '.join(names)} (NIfTI files named "
+                         "<sequence>.nii.gz, or DICOM series whose description matches)", code="no-input")
+    return Discovery(cases=cases, non_dicom_files=0, unreadable=scan.unreadable, warnings=warnings, tree=tree)
+
+
+def _series_number(series: DicomSeries) -> int:
+    try:
+        return int(series.headers[0].get("SeriesNumber") or 0)
+    except (TypeError, ValueError):
+        return 0
 
 
 def _root_series_name(series: DicomSeries, folder: Path) -> str:

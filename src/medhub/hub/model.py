@@ -1,12 +1,16 @@
 """The contract every model meets.
 
-A model is an object with a ``card`` (:class:`~medhub.hub.card.ModelCard`) and a ``predict`` method that
-takes a :class:`~medhub.io.volume.Volume` and returns a :class:`Prediction`. Models never open files:
-the runner reads inputs and writes outputs.
+A model is an object with a ``card`` (:class:`~medhub.hub.card.ModelCard`) and a ``predict`` method that returns a
+:class:`Prediction`. It takes what the card declares: a :class:`~medhub.io.volume.Volume` for a model of one
+volume (no ``inputs.sequences``), or, for a model of named sequences, a mapping from each sequence name found to
+its volume, in the card's order and all on the first one's grid (the runner finds the sequences of a session and
+refuses a session that lacks a required one). Models never open files: the runner reads inputs and writes
+outputs.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -51,11 +55,15 @@ class Prediction:
     tables: dict[str, Table] = field(default_factory=dict)
 
 
+#: What ``predict`` receives: one volume, or the volumes of a session by sequence name.
+ModelInput = Volume | Mapping[str, Volume]
+
+
 @runtime_checkable
 class Model(Protocol):
     card: ModelCard
 
-    def predict(self, volume: Volume) -> Prediction: ...
+    def predict(self, volume: ModelInput) -> Prediction: ...
 
 
 class FolderModel:
@@ -74,5 +82,5 @@ class FolderModel:
     def weights_path(self) -> Path | None:
         return self.folder / self.card.weights.file if self.card.weights else None
 
-    def predict(self, volume: Volume) -> Prediction:  # pragma: no cover - abstract
+    def predict(self, volume: ModelInput) -> Prediction:  # pragma: no cover - abstract
         raise NotImplementedError

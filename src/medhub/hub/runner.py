@@ -19,12 +19,12 @@ import numpy as np
 from medhub import __version__
 from medhub.errors import InputError, MedhubError, ModelError, OutputError
 from medhub.hub.card import ModelCard, Weights, sha256_file
-from medhub.hub.cases import Case, Discovery, discover_cases
+from medhub.hub.cases import Case, Discovery, discover_inputs
 from medhub.hub.model import Model, Prediction
 from medhub.hub.registry import get_model
 from medhub.io import records
 from medhub.io.files import ensure_writable_dir, make_staging_dir
-from medhub.io.volume import Volume
+from medhub.io.volume import Volume, resample_onto
 
 OUTPUT_KINDS = ("seg", "sr", "nifti", "json", "png")
 DEFAULT_OUTPUTS = OUTPUT_KINDS
@@ -87,8 +87,28 @@ def check_model_runnable(model: Model) -> str | None:
     return card.weights.sha256 if card.weights else None
 
 
+def load_session(card: ModelCard, case: Case, workers: int | None = None) -> dict[str, Volume]:
+    """The session's volumes by sequence name, in the card's order, each on the first one's grid (resampled
+    linearly through patient coordinates when a series was acquired on another grid)."""
+    volumes: dict[str, Volume] = {}
+    for spec in card.inputs.sequences:
+        if spec.name in case.inputs:
+            loaded = case.inputs[spec.name].load(workers=workers)
+            volumes[spec.name] = loaded if not volumes else resample_onto(loaded, next(iter(volumes.values())))
+    return volumes
+
+
 def check_case(card: ModelCard, case: Case) -> None:
-    """Refuse, before loading pixels, a DICOM case that does not match the card's inputs."""
+    """Refuse, before loading pixels, a case that does not match the card's inputs: a session lacking a required
+    sequence, a DICOM series of another modality or too few slices."""
+    if case.is_session:
+        if case.missing:
+            wanted = ", ".join(s.name for s in card.inputs.sequences if s.required)
+            raise InputError(case.label, f"missing sequence{'s' if len(case.missing) > 1 else ''} "
+                             f"{', '.join(case.missing)} ({card.id} needs {wanted})", code="missing-sequence")
+        for sub in case.inputs.values():
+            check_case(card, sub)
+        return
     series = case.series
     if series is None:
         return
@@ -194,13 +214,18 @@ def run_case(
     try:
         t = time.perf_counter()
         check_case(model.card, case)
-        volume = case.load(workers=workers)
-        result.warnings.extend(check_volume(model.card, case, volume))
+        if case.is_session:
+            inputs = load_session(model.card, case, workers)
+            volume = next(iter(inputs.values()))  # the first declared sequence: the grid of the outputs
+            result.warnings.extend(check_volume(model.card, case, volume))
+        else:
+            volume = case.load(workers=workers)
+            result.warnings.extend(check_volume(model.card, case, volume))
         timings["load"] = round(time.perf_counter() - t, 3)
 
         t = time.perf_counter()
         try:
-            prediction = model.predict(volume)
+            prediction = model.predict(inputs if case.is_session else volume)
         except MedhubError as e:
             # Models do not know file names; name the case in their refusals.
             if e.where is None:
@@ -304,7 +329,7 @@ def run(
     digest = check_model_runnable(model)
     output = ensure_writable_dir(output)
     t0 = time.perf_counter()
-    discovery: Discovery = discover_cases(input_path, progress=on_scan_progress)
+    discovery: Discovery = discover_inputs(input_path, model.card.inputs.sequences, progress=on_scan_progress)
     discovery_s = round(time.perf_counter() - t0, 3)
     provenance = provenance_record(model, digest)
 

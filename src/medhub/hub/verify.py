@@ -23,7 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from medhub.errors import VerificationError
-from medhub.hub.cases import discover_cases
+from medhub.hub.cases import discover_inputs
 from medhub.hub.model import Model
 from medhub.hub.registry import get_model
 from medhub.hub.runner import run
@@ -135,7 +135,9 @@ def verify_model(model: str | Model) -> VerifyReport:
         if not result.ok:
             return report
 
-        reference_volume = discover_cases(input_path).cases[0].load()
+        case = discover_inputs(input_path, card.inputs.sequences).cases[0]
+        # a session's outputs are on its first declared sequence, whose series the SEG references
+        reference_volume = (next(iter(case.inputs.values())) if case.is_session else case).load()
         if expected_seg_path.exists():
             report.checks.extend(_compare_segs(
                 Path(result.outputs["seg"]), expected_seg_path, reference_volume, tolerances, read_seg))
