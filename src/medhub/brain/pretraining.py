@@ -101,6 +101,7 @@ def pretrain(data: str | Path, output: str | Path, *, objective: str = "mae", ar
     multiple = 2 ** (net_config.depth - 1)
     if crop % multiple or crop % mask_patch:
         raise ValueError(f"crop {crop} must be a multiple of {multiple} ({arch}) and of the mask patch {mask_patch}")
+    torch.manual_seed(config.seed)  # the initial weights too depend on the seed alone
     model = PretrainingNet(net_config)
     sampler = CropSampler(sessions, crop=crop, batch_size=batch_size, objective=objective,
                           cross_sequence=cross_sequence, mask_patch=mask_patch, mask_ratio=mask_ratio,
