@@ -79,3 +79,18 @@ def test_the_cache_preprocesses_once_and_redoes_a_changed_session(tmp_path, brai
     assert changed == [sessions[1].key]
     # a session lacking a requested sequence is left out
     assert cache_sessions(sessions, tmp_path / "cache2", sequences=("t1", "adc"), progress=False) == []
+
+
+def test_the_real_brats_cases_as_a_finetuning_set(shared_data, tmp_path):
+    from medhub.brain.layout import brats_finetuning_layout
+
+    cases = sorted(p for p in (shared_data / "brain_mri_brats").iterdir() if p.is_dir())
+    root = brats_finetuning_layout(cases, tmp_path / "brats")
+    sessions = find_sessions(root)
+    assert [s.subject for s in sessions] == [c.name for c in cases]
+    assert all(sorted(s.files) == ["flair", "t1c"] and s.seg is not None for s in sessions)
+    cached = cache_sessions(sessions[:1], tmp_path / "cache", progress=False)
+    arrays, seg, record = cached[0].load()
+    # whole tumour of pat0001 (label > 0): 112 ml in the data's README; the grid is already 1 mm, so no volume change
+    assert (seg > 0).sum() / 1000 == pytest.approx(112, abs=1)
+    assert record.shape == arrays["flair"].shape and not (tmp_path / "brats" / "preprocessed").is_symlink()

@@ -112,3 +112,26 @@ def _participants(root: Path) -> dict[tuple[str, str], dict[str, str]]:
             subject = str(row[column]).removeprefix("sub_").removeprefix("sub-")
             out.setdefault((dataset, subject), {}).update({k: v for k, v in row.items() if k and v is not None})
     return out
+
+
+#: BraTS file names (as the deepmedic examples ship them) -> FOMO sequence names.
+BRATS_FILES = {"flair": "Flair_subtrMeanDivStd.nii.gz", "t1c": "T1c_subtrMeanDivStd.nii.gz"}
+
+
+def brats_finetuning_layout(cases: list[Path], root: str | Path) -> Path:
+    """Lay BraTS case folders out as a finetuning set through symbolic links (nothing is copied):
+    ``ROOT/preprocessed/sub_<case>/ses_1/{flair,t1c}.nii.gz`` and ``ROOT/labels/sub_<case>/ses_1/seg.nii.gz``
+    (the expert labels, 1-4; the whole tumour is label > 0, which is how the segmentation tasks read masks)."""
+    root = Path(root)
+    for case in cases:
+        case = Path(case).resolve()
+        images = root / "preprocessed" / f"sub_{case.name}" / "ses_1"
+        labels = root / "labels" / f"sub_{case.name}" / "ses_1"
+        images.mkdir(parents=True, exist_ok=True)
+        labels.mkdir(parents=True, exist_ok=True)
+        for name, file in BRATS_FILES.items():
+            if not (images / f"{name}.nii.gz").exists():
+                (images / f"{name}.nii.gz").symlink_to(case / file)
+        if not (labels / "seg.nii.gz").exists():
+            (labels / "seg.nii.gz").symlink_to(case / "OTMultiClass.nii.gz")
+    return root
