@@ -8,7 +8,18 @@ import numpy as np
 import pytest
 import torch
 
-from medhub.brain.finetuning import TASKS, FinetuneConfig, TaskNet, finetune, load_pretrained, select_shots
+from medhub.brain.cache import cache_sessions
+from medhub.brain.finetuning import (
+    TASKS,
+    FinetuneConfig,
+    TaskNet,
+    evaluate,
+    finetune,
+    load_finetuned,
+    load_pretrained,
+    select_shots,
+)
+from medhub.brain.layout import find_sessions
 from medhub.brain.pretraining import pretrain
 from medhub.learn.trainer import TrainingConfig
 from medhub.learn.unet3d import preset
@@ -38,6 +49,13 @@ def _task_data(root, task: str, n: int):
     return root
 
 
+def held_out_of(run, data, task):
+    """The sessions a finetuning run did not train on."""
+    trained = set(json.loads((run / "finetuned.json").read_text())["train_sessions"])
+    sessions = cache_sessions(find_sessions(data), run / "cache", sequences=TASKS[task].sequences, progress=False)
+    return [s for s in sessions if s.key not in trained]
+
+
 def test_the_pretrained_encoder_is_loaded_and_its_first_convolution_inflated(checkpoint):
     net = TaskNet(preset("tiny", in_channels=3, out_channels=2), TASKS["infarct"])
     load_pretrained(net, checkpoint)
@@ -59,6 +77,10 @@ def test_finetuning_each_task_kind_from_one_checkpoint(checkpoint, tmp_path, tas
     assert result["pretrained"] == str(checkpoint) and result["pretraining"]["objective"] == "mae"
     assert json.loads((tmp_path / "out" / "finetuned.json").read_text())["steps"] == 6
     assert np.isfinite(result["final_loss"])
+    net, settings = load_finetuned(tmp_path / "out")
+    assert settings == config and net.task == TASKS[task]
+    again = evaluate(net, held_out_of(tmp_path / "out", data, task), settings)["summary"]
+    assert again == summary  # the saved network is the one that was evaluated
 
 
 def test_from_scratch_is_the_same_network_without_pretraining(tmp_path):

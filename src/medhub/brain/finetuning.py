@@ -105,6 +105,18 @@ def load_pretrained(net: TaskNet, checkpoint: Path) -> dict[str, Any]:
     return sidecar
 
 
+def load_finetuned(folder: str | Path) -> tuple[TaskNet, FinetuneConfig]:
+    """The network and settings a :func:`finetune` run left in ``folder`` (its checkpoint and sidecar)."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    sidecar = json.loads((folder / "checkpoint.json").read_text())
+    task = Task(**{**sidecar["task"], "sequences": tuple(sidecar["task"]["sequences"])})
+    net = TaskNet(UNet3DConfig.from_dict(sidecar["network"]), task)
+    net.load_state_dict(load_file(str(folder / "checkpoint.safetensors")))
+    return net, FinetuneConfig(**sidecar["finetune"])
+
+
 def select_shots(sessions: list[CachedSession], task: Task, shots: int, seed: int
                  ) -> tuple[list[CachedSession], list[CachedSession]]:
     """``shots`` training sessions drawn with ``seed`` (classes as balanced as possible) and the rest."""
