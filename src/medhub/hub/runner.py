@@ -214,18 +214,15 @@ def run_case(
     try:
         t = time.perf_counter()
         check_case(model.card, case)
-        if case.is_session:
-            inputs = load_session(model.card, case, workers)
-            volume = next(iter(inputs.values()))  # the first declared sequence: the grid of the outputs
-            result.warnings.extend(check_volume(model.card, case, volume))
-        else:
-            volume = case.load(workers=workers)
-            result.warnings.extend(check_volume(model.card, case, volume))
+        inputs = load_session(model.card, case, workers) if case.is_session else None
+        # a session's outputs are on its first declared sequence's grid
+        volume = next(iter(inputs.values())) if inputs else case.load(workers=workers)
+        result.warnings.extend(check_volume(model.card, case, volume))
         timings["load"] = round(time.perf_counter() - t, 3)
 
         t = time.perf_counter()
         try:
-            prediction = model.predict(inputs if case.is_session else volume)
+            prediction = model.predict(inputs if inputs is not None else volume)
         except MedhubError as e:
             # Models do not know file names; name the case in their refusals.
             if e.where is None:
