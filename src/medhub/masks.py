@@ -1,5 +1,6 @@
-"""Plain functions on 3D bool masks of an anisotropic grid (spacing in mm, array axis order): bounding boxes and
-exact Euclidean ball dilation. Everything that grows or crops a mask by millimetres comes here."""
+"""Plain functions on 3D masks and arrays of an anisotropic grid (spacing in mm, array axis order): bounding boxes,
+exact Euclidean ball dilation, block means, and moving an array onto another grid. Everything that grows or crops a
+mask by millimetres, or resamples between grids, comes here."""
 
 from __future__ import annotations
 
@@ -128,19 +129,31 @@ def dilate_mm(mask: np.ndarray, spacing_mm: Sequence[float], radius_mm: float) -
     return out
 
 
-def resample_labels(labels: np.ndarray, from_affine: np.ndarray, to_affine: np.ndarray,
-                    to_shape: Sequence[int]) -> np.ndarray:
-    """A label map moved onto another grid by nearest neighbour; voxels outside the source grid become 0.
+def resample_grid(array: np.ndarray, from_affine: np.ndarray, to_affine: np.ndarray, to_shape: Sequence[int],
+                  order: int = 0, fill: float = 0.0) -> np.ndarray:
+    """``array`` moved onto another grid through patient space: nearest neighbour (``order=0``, for label maps) or
+    linear (``order=1``, for images); target voxels outside the source grid get ``fill``.
 
-    Affines map ``(slice, row, column)`` indices to the same patient space (mm). Where the grids share their voxel
-    centres (a slab of the same series, a flipped axis) every label lands exactly; otherwise each target voxel takes
-    the label of the source voxel nearest to its centre.
+    Affines map the arrays' indices to the same patient space (mm), in any convention. Where the grids share their
+    voxel centres (a slab of the same series, a flipped axis) every value lands exactly; on the same grid the array
+    comes back as it is.
     """
     from scipy import ndimage as ndi
 
     to_affine = np.asarray(to_affine, dtype=np.float64)
-    if np.shape(labels) == tuple(to_shape) and np.allclose(from_affine, to_affine, atol=1e-4):
-        return np.asarray(labels)
+    if np.shape(array) == tuple(to_shape) and np.allclose(from_affine, to_affine, atol=1e-4):
+        return np.asarray(array)
     mapping = np.linalg.inv(np.asarray(from_affine, dtype=np.float64)) @ to_affine
-    return ndi.affine_transform(np.asarray(labels), mapping[:3, :3], offset=mapping[:3, 3],
-                                output_shape=tuple(int(n) for n in to_shape), order=0, mode="constant", cval=0)
+    return ndi.affine_transform(np.asarray(array), mapping[:3, :3], offset=mapping[:3, 3],
+                                output_shape=tuple(int(n) for n in to_shape), order=order, mode="constant", cval=fill)
+
+
+def block_mean(array: np.ndarray, factor: int) -> np.ndarray:
+    """The mean over ``factor``-sided cubes of the last three axes (each cut to a multiple of ``factor`` first):
+    a coarser grid whose voxels average the finer ones."""
+    if factor == 1:
+        return array
+    *lead, x, y, z = array.shape
+    nx, ny, nz = x // factor, y // factor, z // factor
+    cut = array[..., : nx * factor, : ny * factor, : nz * factor]
+    return cut.reshape(*lead, nx, factor, ny, factor, nz, factor).mean(axis=(-5, -3, -1))

@@ -34,6 +34,7 @@ from medhub.brain.layout import find_sessions
 from medhub.errors import InputError
 from medhub.learn.trainer import Trainer, TrainingConfig
 from medhub.learn.unet3d import Decoder, Encoder, PooledHead, UNet3DConfig, pad_to_multiple
+from medhub.masks import block_mean
 
 
 @dataclass(frozen=True)
@@ -141,16 +142,6 @@ def _stack(arrays: dict[str, np.ndarray], task: Task) -> np.ndarray:
     return np.stack([arrays[name] for name in task.sequences]).astype(np.float32)
 
 
-def _downsample(x: np.ndarray, factor: int) -> np.ndarray:
-    if factor == 1:
-        return x
-    shape = [n // factor * factor for n in x.shape[1:]]
-    x = x[:, : shape[0], : shape[1], : shape[2]]
-    c = x.shape[0]
-    return x.reshape(c, shape[0] // factor, factor, shape[1] // factor, factor, shape[2] // factor, factor).mean(
-        axis=(2, 4, 6))
-
-
 @dataclass(frozen=True)
 class FinetuneConfig:
     task: str
@@ -177,7 +168,7 @@ class _Data:
                 self.items.append((self._whole(x), float(session.label)))
 
     def _whole(self, x: np.ndarray) -> torch.Tensor:
-        padded, _ = pad_to_multiple(torch.from_numpy(_downsample(x, self.config.volume_mm)), self.multiple)
+        padded, _ = pad_to_multiple(torch.from_numpy(block_mean(x, self.config.volume_mm)), self.multiple)
         return padded
 
     def __call__(self, step: int) -> dict[str, torch.Tensor]:
@@ -230,7 +221,7 @@ def predict(net: TaskNet, arrays: dict[str, np.ndarray], config: FinetuneConfig)
             tensor, shape = pad_to_multiple(torch.from_numpy(x)[None], net.size_multiple)
             logits = sliding_window_inference(tensor, (config.crop,) * 3, 4, net, overlap=0.25)
             return logits.argmax(dim=1)[0, : shape[0], : shape[1], : shape[2]].numpy().astype(np.uint8)
-        tensor, _ = pad_to_multiple(torch.from_numpy(_downsample(x, config.volume_mm))[None], net.size_multiple)
+        tensor, _ = pad_to_multiple(torch.from_numpy(block_mean(x, config.volume_mm))[None], net.size_multiple)
         out = net(tensor)
         if task.kind == "classification":
             return float(torch.softmax(out, dim=1)[0, 1])

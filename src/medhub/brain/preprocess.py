@@ -25,6 +25,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
+from medhub.masks import resample_grid
+
 #: Target voxel size (mm).
 SPACING_MM = 1.0
 #: Percentiles of the foreground that bound the intensities before z-normalization.
@@ -67,15 +69,11 @@ class Preprocessing:
         input voxels outside the box get 0."""
         if labels.shape != self.shape:
             raise ValueError(f"labels of shape {labels.shape} are not on the preprocessed grid {self.shape}")
-        mapping = np.linalg.inv(np.asarray(self.affine)) @ np.asarray(self.input_affine)
-        return ndi.affine_transform(labels, mapping[:3, :3], offset=mapping[:3, 3], output_shape=self.input_shape,
-                                    order=0, mode="constant", cval=0)
+        return resample_grid(labels, np.asarray(self.affine), np.asarray(self.input_affine), self.input_shape)
 
     def from_input_grid(self, labels: np.ndarray) -> np.ndarray:
         """A label map on the input grid (e.g. a training mask) onto the preprocessed grid, by nearest neighbour."""
-        mapping = np.linalg.inv(np.asarray(self.input_affine)) @ np.asarray(self.affine)
-        return ndi.affine_transform(labels, mapping[:3, :3], offset=mapping[:3, 3], output_shape=self.shape,
-                                    order=0, mode="constant", cval=0)
+        return resample_grid(labels, np.asarray(self.input_affine), np.asarray(self.affine), self.shape)
 
 
 def to_ras(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -138,12 +136,10 @@ def preprocess(sequences: Mapping[str, tuple[np.ndarray, np.ndarray]], *, spacin
     out_shape = tuple(int(n) for n in np.maximum(1, np.floor((extent - voxel) / spacing_mm + 1e-6) + 1))
     out_affine = box_affine.copy()
     out_affine[:3, :3] = box_affine[:3, :3] / voxel * spacing_mm  # RAS axes stay; voxels become spacing_mm
-    mapping = np.linalg.inv(box_affine) @ out_affine
     arrays = {}
     for name, (array, _) in ras.items():
         normalized = znormalize(array[box], cropped_foreground)
-        arrays[name] = ndi.affine_transform(normalized, mapping[:3, :3], offset=mapping[:3, 3], output_shape=out_shape,
-                                            order=1, mode="constant", cval=0.0).astype(np.float32)
+        arrays[name] = resample_grid(normalized, box_affine, out_affine, out_shape, order=1).astype(np.float32)
     record = Preprocessing(
         input_shape=tuple(int(n) for n in shape),  # type: ignore[arg-type]
         input_affine=tuple(tuple(float(v) for v in row) for row in np.asarray(first_affine, np.float64)),

@@ -111,7 +111,8 @@ def run_comparison(
             source.prepare(progress)
     discovery = discover_cases(data)
     by_name = {s.name: s for s in everyone}
-    indexes = {s.name: _index(s.cases()) for s in everyone}
+    source_cases = {s.name: s.cases() for s in everyone}  # a SEG folder reads every header: once
+    indexes = {name: _index(cases) for name, cases in source_cases.items()}
 
     rows: list[dict[str, Any]] = []
     value_rows: list[dict[str, Any]] = []
@@ -158,8 +159,8 @@ def run_comparison(
     unmatched = {
         "cases_without_source": {name: [r["case"] for r in case_records if r["sources"][name] is None]
                                  for name in indexes},
-        "source_cases_without_input": {name: sorted(c.display for c in by_name[name].cases()
-                                                    if not set(c.keys) & matched_keys[name]) for name in indexes},
+        "source_cases_without_input": {name: sorted(c.display for c in cases if not set(c.keys) & matched_keys[name])
+                                       for name, cases in source_cases.items()},
         "segments": [{"source": p, "reference": r, "only_in_source": sorted(v["pred"]),
                       "only_in_reference": sorted(v["ref"])} for (p, r), v in missing_segments.items()
                      if v["pred"] or v["ref"]],

@@ -137,9 +137,9 @@ class Source:
 
 
 def _on_grid(volume: Volume, grid: Volume) -> np.ndarray:
-    from medhub.masks import resample_labels
+    from medhub.masks import resample_grid
 
-    return resample_labels(volume.array, volume.affine, grid.affine, grid.shape)
+    return resample_grid(volume.array, volume.affine, grid.affine, grid.shape)
 
 
 # ----------------------------------------------------------------------------------------------- label maps
@@ -295,9 +295,9 @@ class SegFolderSource(Source):
             if labels is not None:
                 return labels, segments_from_seg(described)
         labels, affine, described = _seg_with_geometry(case.path)
-        from medhub.masks import resample_labels
+        from medhub.masks import resample_grid
 
-        return resample_labels(labels, affine, grid.affine, grid.shape), segments_from_seg(described)
+        return resample_grid(labels, affine, grid.affine, grid.shape), segments_from_seg(described)
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "path": str(self.origin), "files": len(self.files)}

@@ -40,8 +40,8 @@ class Dashboard:
         self.folder = self.catalog.folder
         self.images = CaseImages(self.catalog)
         self.anonymize = anonymize
-        ids = self.catalog.case_ids()
-        self.alias = {case_id: f"case-{n:05d}" for n, case_id in enumerate(ids, start=1)} if anonymize else {}
+        ids = self.catalog.case_ids() if anonymize else []
+        self.alias = {case_id: f"case-{n:05d}" for n, case_id in enumerate(ids, start=1)}
         self.real = {alias: case_id for case_id, alias in self.alias.items()}
 
     def case_id(self, shown: str) -> str:

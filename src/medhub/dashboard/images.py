@@ -149,8 +149,9 @@ class CaseImages:
                 if hasattr(source, "load_record"):
                     source.load_record()
             cases = {c.id: c for c in discover_cases(data).cases}
-            self._compare = (sources, cases)
-        sources, cases = self._compare
+            listed = {name: source.cases() for name, source in sources.items()}  # once: a SEG folder reads headers
+            self._compare = (sources, cases, listed)
+        sources, cases, listed = self._compare
         case = cases.get(case_id)
         if case is None:
             raise InputError(case_id, "this case's input is no longer where the comparison read it", code="not-found")
@@ -160,7 +161,7 @@ class CaseImages:
         for name, source in sources.items():
             if entry["sources"].get(name) is None:
                 continue
-            match = next((c for c in source.cases() if set(c.keys) & set(entry["keys"])), None)
+            match = next((c for c in listed[name] if set(c.keys) & set(entry["keys"])), None)
             if match is None:
                 continue
             try:
@@ -216,7 +217,7 @@ def _case_labels(outputs: dict[str, Path | None], volume: Volume | None, card: d
                  ) -> tuple[np.ndarray | None, list[dict[str, Any]], Volume | None]:
     """Labels on the volume's grid (or the SEG's own grid), segment descriptions and that grid."""
     from medhub.compare.sources import segments_from_seg
-    from medhub.masks import resample_labels
+    from medhub.masks import resample_grid
 
     seg_path, nifti_path = outputs.get("seg"), outputs.get("nifti")
     segments: list[dict[str, Any]] = []
@@ -233,7 +234,7 @@ def _case_labels(outputs: dict[str, Path | None], volume: Volume | None, card: d
 
         labels = read_volume(nifti_path)
         grid = volume or labels
-        return resample_labels(labels.array, labels.affine, grid.affine, grid.shape), segments, grid
+        return resample_grid(labels.array, labels.affine, grid.affine, grid.shape), segments, grid
     if seg_path is not None:
         from medhub.io.seg import read_seg
 
@@ -243,7 +244,7 @@ def _case_labels(outputs: dict[str, Path | None], volume: Volume | None, card: d
 
         array, affine, _ = _seg_with_geometry(seg_path)
         grid = volume or Volume(np.zeros(array.shape, np.int16), affine)
-        return resample_labels(array, affine, grid.affine, grid.shape), segments, grid
+        return resample_grid(array, affine, grid.affine, grid.shape), segments, grid
     return None, segments, volume
 
 

@@ -2,9 +2,8 @@
 
 pydicom's decoder plugins for these syntaxes (pylibjpeg-openjpeg, pyjpegls, pylibjpeg-libjpeg) hold the GIL, so
 a volume's slices decode one at a time whatever the thread pool. imagecodecs wraps the same kinds of libraries
-(OpenJPEG, CharLS, libjpeg-turbo) and releases the GIL, so slices decode on every core; per slice it is also
-faster (a 512x512 12-bit CT slice on one core: JPEG 2000 23 vs 26 ms, JPEG-LS 4.3 vs 4.8 ms, lossless JPEG
-1.8 vs 10.3 ms; benchmarks/RESULTS.md has the measurement).
+(OpenJPEG, CharLS, libjpeg-turbo) and releases the GIL, so slices decode on every core (the candidates and their
+figures: ``benchmarks/dicom_decoders.py`` and benchmarks/RESULTS.md, "Which decoder").
 
 The pixels must be the ones pydicom gives. :func:`decode_frame_into` therefore takes only the cases where they
 are identical (lossless or exactly specified decoding, or the same library; one sample per pixel, the codestream's

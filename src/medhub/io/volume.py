@@ -165,13 +165,11 @@ def affine_from_dicom(
 def resample_onto(volume: Volume, grid: Volume, order: int = 1, fill: float = 0.0) -> Volume:
     """``volume``'s values on ``grid``'s voxels (interpolation ``order``: 0 nearest, 1 linear), through patient
     coordinates; voxels of ``grid`` outside ``volume`` get ``fill``. The same volume back when the grids agree."""
-    from scipy import ndimage as ndi
+    from medhub.masks import resample_grid
 
     if volume.same_grid(grid):
         return volume
-    mapping = np.linalg.inv(volume.affine) @ grid.affine
-    array = ndi.affine_transform(volume.array.astype(np.float32, copy=False) if order else volume.array,
-                                 mapping[:3, :3], offset=mapping[:3, 3], output_shape=grid.shape, order=order,
-                                 mode="constant", cval=fill)
+    array = resample_grid(volume.array.astype(np.float32, copy=False) if order else volume.array, volume.affine,
+                          grid.affine, grid.shape, order=order, fill=fill)
     return Volume(array=array, affine=grid.affine.copy(), modality=volume.modality, source=None,
                   meta={**volume.meta, "resampled_onto": "grid of the session's first sequence"})

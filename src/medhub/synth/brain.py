@@ -33,6 +33,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
 
+from medhub.masks import block_mean
+
 #: Sequences a session can have (FOMO60K's names).
 SEQUENCES = ("t1", "t2", "flair", "dwi_b1000", "adc", "t2s")
 #: Per-tissue intensities (GM, WM, CSF, lesion multiplier for infarct, mass) of each pseudo-sequence.
@@ -83,19 +85,12 @@ def load_atlas(resolution_mm: float = 1.0) -> Atlas:
     affine[:3, 3] += affine[:3, :3] @ np.array([s.start for s in box], dtype=np.float64)
     factor = round(resolution_mm)
     if factor > 1:
-        gm, wm, csf = (_block_mean(a, factor) for a in (gm, wm, csf))
-        mask = _block_mean(mask.astype(np.float32), factor) > 0.5
+        gm, wm, csf = (block_mean(a, factor).astype(np.float32) for a in (gm, wm, csf))
+        mask = block_mean(mask.astype(np.float32), factor) > 0.5
         affine = affine.copy()
         affine[:3, :3] *= factor
         affine[:3, 3] += (factor - 1) / 2 * np.diag(t1.affine)[:3]
     return Atlas(gm=gm, wm=wm, csf=csf, mask=mask, affine=affine)
-
-
-def _block_mean(array: np.ndarray, factor: int) -> np.ndarray:
-    shape = tuple(n // factor * factor for n in array.shape)
-    cut = array[: shape[0], : shape[1], : shape[2]]
-    return cut.reshape(shape[0] // factor, factor, shape[1] // factor, factor, shape[2] // factor, factor).mean(
-        axis=(1, 3, 5)).astype(np.float32)
 
 
 @dataclass
