@@ -13,6 +13,7 @@ labels. Without ``--checkpoint`` the network starts from random weights (the sup
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -23,7 +24,31 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from dicom_load import machine
 
-BRATS = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "brain_mri_brats"
+#: The three BraTS cases: ../shared/data beside the clone, or where MEDHUB_BRATS points.
+BRATS = Path(os.environ.get("MEDHUB_BRATS", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+                            / "brain_mri_brats"))
+
+
+def loo_dice(cases: list[Path], held: Path, *, seed: int, steps: int, checkpoint: Path | None, arch: str,
+             work: Path, cache: Path) -> float:
+    """Train ``medhub finetune --task tumor`` on ``cases`` but ``held`` (from ``checkpoint``, or from scratch) and
+    return the whole-tumour Dice on ``held``."""
+    from medhub.brain.cache import cache_sessions
+    from medhub.brain.finetuning import TASKS, FinetuneConfig, evaluate, finetune, load_finetuned
+    from medhub.brain.layout import brats_finetuning_layout, find_sessions
+    from medhub.learn.trainer import TrainingConfig
+    from medhub.learn.unet3d import preset
+
+    train = brats_finetuning_layout([c for c in cases if c != held], work / "train")
+    test = brats_finetuning_layout([held], work / "test")
+    config = FinetuneConfig(task="tumor", shots=len(cases) - 1, seed=seed, from_scratch=checkpoint is None, crop=48,
+                            batch_size=2)
+    training = TrainingConfig(steps=steps, lr=2e-3, warmup_steps=20, checkpoint_every=10**9, seed=seed)
+    finetune(checkpoint, train, work / "out", config, arch_config=preset(arch), training=training, cache=cache,
+             progress=False)
+    net, settings = load_finetuned(work / "out")
+    sessions = cache_sessions(find_sessions(test), cache, sequences=TASKS["tumor"].sequences, progress=False)
+    return float(evaluate(net, sessions, settings)["summary"]["dice_mean"])
 
 
 def main() -> None:
@@ -34,11 +59,6 @@ def main() -> None:
     parser.add_argument("--arch", default="tiny")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "medhub-bench-brats")
     args = parser.parse_args()
-    from medhub.brain.cache import cache_sessions
-    from medhub.brain.finetuning import TASKS, FinetuneConfig, evaluate, finetune, load_finetuned
-    from medhub.brain.layout import brats_finetuning_layout, find_sessions
-    from medhub.learn.trainer import TrainingConfig
-    from medhub.learn.unet3d import preset
     from medhub.metrics.bootstrap import bootstrap_ci
 
     cases = sorted(p for p in BRATS.resolve().iterdir() if p.is_dir())
@@ -47,22 +67,12 @@ def main() -> None:
              f"{args.steps} steps, 48^3 crops, batch 2, lr 2e-3", "",
              "| seed | held out | Dice | wall s |", "|---:|---|---:|---:|"]
     all_dice: list[float] = []
-    cache = args.work / "cache"
     for seed in args.seeds:
         seed_dice = []
         for held in cases:
             start = time.perf_counter()
-            run = args.work / f"{origin.split()[0]}-{seed}-{held.name}"
-            train = brats_finetuning_layout([c for c in cases if c != held], run / "train")
-            test = brats_finetuning_layout([held], run / "test")
-            config = FinetuneConfig(task="tumor", shots=len(cases) - 1, seed=seed,
-                                    from_scratch=args.checkpoint is None, crop=48, batch_size=2)
-            training = TrainingConfig(steps=args.steps, lr=2e-3, warmup_steps=20, checkpoint_every=10**9, seed=seed)
-            finetune(args.checkpoint, train, run / "out", config, arch_config=preset(args.arch), training=training,
-                     cache=cache, progress=False)
-            net, settings = load_finetuned(run / "out")
-            sessions = cache_sessions(find_sessions(test), cache, sequences=TASKS["tumor"].sequences, progress=False)
-            dice = evaluate(net, sessions, settings)["summary"]["dice_mean"]
+            dice = loo_dice(cases, held, seed=seed, steps=args.steps, checkpoint=args.checkpoint, arch=args.arch,
+                            work=args.work / f"{origin.split()[0]}-{seed}-{held.name}", cache=args.work / "cache")
             seed_dice.append(dice)
             lines.append(f"| {seed} | {held.name} | {dice:.3f} | {time.perf_counter() - start:.0f} |")
             print(lines[-1], file=sys.stderr)

@@ -17,7 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from medhub import __version__
-from medhub.brain.cli import finetune_command, pretrain_command
+from medhub.brain.cli import export_model_command, finetune_command, pretrain_command
 from medhub.cac.cli import cac_app
 from medhub.cohort.cli import batch_command, release_command
 from medhub.compare.cli import compare_command
@@ -38,6 +38,7 @@ app.command("compare")(compare_command)
 app.command("dashboard")(dashboard_command)
 app.command("pretrain")(pretrain_command)
 app.command("finetune")(finetune_command)
+app.command("export-model")(export_model_command)
 console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
 _state = {"debug": False}
@@ -139,7 +140,7 @@ def _print_report(report) -> None:
 
 @app.command("run")
 def run_command(
-    model: Annotated[str, typer.Argument(help="Model id, e.g. lung-ct.")],
+    model: Annotated[str, typer.Argument(help="Model id (e.g. lung-ct), or a folder made by `medhub export-model`.")],
     input: Annotated[Path, typer.Option("--input", "-i", help="DICOM folder/file, NIfTI/NRRD/MHA file, "
                                         "or a folder of sessions.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Output folder.")],

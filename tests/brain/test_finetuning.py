@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
@@ -21,9 +22,10 @@ from medhub.brain.finetuning import (
 )
 from medhub.brain.layout import find_sessions
 from medhub.brain.pretraining import pretrain
+from medhub.hub.card import load_card, sha256_file
 from medhub.learn.trainer import TrainingConfig
 from medhub.learn.unet3d import preset
-from medhub.synth.brain import make_brain, write_session
+from medhub.synth.brain import make_brain, write_session, write_task_dataset
 from tests.conftest import run_cli
 
 QUICK = TrainingConfig(steps=6, lr=1e-3, warmup_steps=2, checkpoint_every=6)
@@ -39,14 +41,7 @@ def checkpoint(tmp_path_factory):
 
 
 def _task_data(root, task: str, n: int):
-    spec = TASKS[task]
-    for i in range(n):
-        kwargs = {"infarct": i % 2 == 0, "mass": False} if task == "infarct" else (
-            {"infarct": False, "mass": True} if task == "meningioma" else {})
-        brain = make_brain(300 + i, resolution_mm=2.0, sequences=spec.sequences, **kwargs)
-        label = {"infarct": "infarct", "meningioma": "seg", "brain-age": "age"}[task]
-        write_session(root / "preprocessed", f"{i:02d}", "1", brain, labels_root=root / "labels", label=label)
-    return root
+    return write_task_dataset(root, task, TASKS[task].sequences, n, first_seed=300, resolution_mm=2.0)
 
 
 def held_out_of(run, data, task):
@@ -105,3 +100,32 @@ def test_the_cli_refuses_a_missing_checkpoint_in_one_line(tmp_path):
     proc = run_cli("finetune", "--data", str(tmp_path), "--task", "infarct", "--output", str(tmp_path / "o"))
     assert proc.returncode == 2
     assert proc.stderr.strip() == "error: give --checkpoint, or --from-scratch for the supervised baseline"
+
+
+def test_a_checkpoint_becomes_a_hub_model_in_one_command_and_runs(checkpoint, tmp_path):
+    """pretrain -> finetune -> `medhub export-model` -> `medhub run FOLDER`: the whole path a user takes."""
+    data = _task_data(tmp_path / "data", "meningioma", 3)
+    finetune(checkpoint, data, tmp_path / "finetuned", FinetuneConfig(task="meningioma", shots=2, crop=16),
+             training=QUICK, progress=False)
+
+    proc = run_cli("export-model", str(tmp_path / "finetuned"), "--id", "my-mass", "--output", str(tmp_path / "m"))
+
+    assert proc.returncode == 0, proc.stderr
+    card = load_card(tmp_path / "m" / "card.yaml")
+    assert card.id == "my-mass" and card.task == "segmentation"
+    assert [s.name for s in card.inputs.sequences] == list(TASKS["meningioma"].sequences)
+    assert card.weights.sha256 == sha256_file(tmp_path / "m" / "weights" / "checkpoint.safetensors")
+    assert "mae pretraining checkpoint" in card.description and "sub_000" in card.training_data
+    session = tmp_path / "data" / "preprocessed" / "sub_002" / "ses_1"
+    proc = run_cli("run", str(tmp_path / "m"), "-i", str(session), "-o", str(tmp_path / "out"),
+                   "--outputs", "nifti,json")
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    [result_file] = (tmp_path / "out").glob("*/results.json")
+    record = json.loads(result_file.read_text())
+    assert record["model"]["id"] == "my-mass" and "mass_volume_ml" in record["case"]["values"]
+    labels = nib.load(result_file.parent / "labels.nii.gz")
+    assert labels.shape == nib.load(session / "flair.nii.gz").shape
+
+    (tmp_path / "m" / "weights" / "checkpoint.safetensors").write_bytes(b"tampered")
+    proc = run_cli("run", str(tmp_path / "m"), "-i", str(session), "-o", str(tmp_path / "out2"))
+    assert proc.returncode != 0 and "sha256" in proc.stderr and "Traceback" not in proc.stderr

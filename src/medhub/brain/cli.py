@@ -1,4 +1,5 @@
-"""``medhub pretrain``: self-supervised pretraining (brain MRI now). Kept light to import: no torch here."""
+"""``medhub pretrain``, ``medhub finetune`` and ``medhub export-model`` (brain MRI now). Kept light to import: no
+torch here."""
 
 from __future__ import annotations
 
@@ -92,3 +93,21 @@ def finetune_command(
     shown = ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in summary.items())
     origin = "from scratch" if from_scratch else f"from {checkpoint}"
     console.print(f"finetuned {task} {origin} on {shots} shots (seed {seed}); held out: {shown}", highlight=False)
+
+
+def export_model_command(
+    finetuned: Annotated[Path, typer.Argument(help="A `medhub finetune` output folder.")],
+    model_id: Annotated[str, typer.Option("--id", help="The model's id, e.g. my-brain-tumor.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The model folder to write.")],
+    version: Annotated[str, typer.Option(help="The model's version (MAJOR.MINOR.PATCH).")] = "0.1.0",
+    trained_on: Annotated[str | None, typer.Option(help="What the weights were trained on, plainly (default: the "
+                                                    "training sessions' names).")] = None,
+) -> None:
+    """Turn a finetuned checkpoint into a hub model folder: card, sha256-checked weights, README. Run it with
+    `medhub run FOLDER INPUT OUTPUT`."""
+    from medhub.brain.hub import export_model
+
+    card = export_model(finetuned, output, model_id=model_id, version=version, trained_on=trained_on)
+    names = ", ".join(s.name for s in card.inputs.sequences)
+    console.print(f"exported {card.id} {card.version} ({card.task}; sequences {names}) to {output}; run it with "
+                  f"`medhub run {output} INPUT OUTPUT`", highlight=False)

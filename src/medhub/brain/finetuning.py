@@ -213,16 +213,18 @@ def predict(net: TaskNet, arrays: dict[str, np.ndarray], config: FinetuneConfig)
     """The prediction on one preprocessed session: a label map on its grid, a class-1 probability, or a value."""
     task = net.task
     x = _stack(arrays, task)
+    device = next(net.parameters()).device  # the trainer may have left the network on a GPU
     net.eval()
     with torch.no_grad():
         if task.kind == "segmentation":
             from monai.inferers import sliding_window_inference
 
             tensor, shape = pad_to_multiple(torch.from_numpy(x)[None], net.size_multiple)
-            logits = sliding_window_inference(tensor, (config.crop,) * 3, 4, net, overlap=0.25)
-            return logits.argmax(dim=1)[0, : shape[0], : shape[1], : shape[2]].numpy().astype(np.uint8)
+            logits = sliding_window_inference(tensor.to(device), (config.crop,) * 3, 4, net, overlap=0.25)
+            labels = logits.argmax(dim=1)[0, : shape[0], : shape[1], : shape[2]]
+            return labels.cpu().numpy().astype(np.uint8)
         tensor, _ = pad_to_multiple(torch.from_numpy(block_mean(x, config.volume_mm))[None], net.size_multiple)
-        out = net(tensor)
+        out = net(tensor.to(device)).float().cpu()
         if task.kind == "classification":
             return float(torch.softmax(out, dim=1)[0, 1])
         return float(out[0, 0]) * task.target_scale

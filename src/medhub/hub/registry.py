@@ -7,6 +7,9 @@ A third-party package makes its model available to ``medhub run`` by declaring, 
 
 The entry point's name is the model id; the object it points to is a class (or factory) that takes no
 arguments and returns an object meeting :class:`medhub.hub.model.Model`.
+
+A folder made by ``medhub export-model`` (a card and a finetuned checkpoint) is a model too: its path stands
+where an id would.
 """
 
 from __future__ import annotations
@@ -28,6 +31,9 @@ ENTRY_POINT_GROUP = "medhub.models"
 BUILTIN_MODELS: dict[str, str] = {
     "lung-ct": "medhub.models.lung_ct:LungCT",
     "cac": "medhub.models.cac:CAC",
+    "brain-tumor": "medhub.models.brain_tumor:BrainTumor",
+    "brain-infarct": "medhub.models.brain_infarct:BrainInfarct",
+    "brain-age": "medhub.models.brain_age:BrainAge",
 }
 
 
@@ -48,6 +54,8 @@ def available_models() -> dict[str, str]:
 def get_card(model_id: str) -> ModelCard:
     """A model's card. For a built-in model it is read from its folder without importing the model's code (which
     may import torch), so ``medhub models`` and ``medhub info`` start fast; a plugin's card comes from the plugin."""
+    if model_id not in BUILTIN_MODELS and (Path(model_id) / "card.yaml").is_file():
+        return load_card(Path(model_id) / "card.yaml")
     if model_id in BUILTIN_MODELS:
         module_name = BUILTIN_MODELS[model_id].partition(":")[0]
         spec = importlib.util.find_spec(module_name)  # imports the parent packages only, not the model
@@ -58,7 +66,15 @@ def get_card(model_id: str) -> ModelCard:
 
 @cache
 def get_model(model_id: str) -> Model:
-    """Instantiate a model by id (built-ins win over a third-party package that reuses their id)."""
+    """Instantiate a model by id (built-ins win over a third-party package that reuses their id), or from a folder
+    made by ``medhub export-model``."""
+    if model_id not in BUILTIN_MODELS and Path(model_id).is_dir():
+        from medhub.brain.hub import BrainTaskModel, is_exported_folder
+
+        if not is_exported_folder(model_id):
+            raise ModelError(model_id, "not a model folder (no card.yaml with a finetuned checkpoint in weights/)",
+                             code="unknown-model")
+        return BrainTaskModel(model_id)
     if model_id in BUILTIN_MODELS:
         factory = _load_target(BUILTIN_MODELS[model_id])
     else:

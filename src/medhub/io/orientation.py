@@ -32,6 +32,24 @@ IDENTITY: Transform = ((0, 1, 2), (False, False, False))
 CANONICAL_DIRECTION = np.array([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
 
 
+#: Flips x and y: LPS (DICOM, :class:`Volume`) to RAS (NIfTI) coordinates and back (it is its own inverse).
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def ras_view(volume: Volume) -> tuple[np.ndarray, np.ndarray]:
+    """``volume``'s array (not copied, axes as stored) and the affine mapping its indices to RAS+ mm (NIfTI's
+    world), for code written in NIfTI's convention."""
+    return volume.array, LPS_TO_RAS @ volume.affine
+
+
+def volume_from_ras(array: np.ndarray, affine_ras: np.ndarray, **fields) -> Volume:
+    """A :class:`Volume` (``(slice, row, column)`` order, LPS affine) from a NIfTI-ordered ``(x, y, z)`` array and
+    its index-to-RAS affine, as nibabel reads them; ``fields`` go to the Volume (e.g. ``modality``)."""
+    permute = np.eye(4)[[2, 1, 0, 3]]  # (k, j, i) index -> (i, j, k)
+    return Volume(array=np.ascontiguousarray(np.transpose(array, (2, 1, 0))),
+                  affine=LPS_TO_RAS @ np.asarray(affine_ras, np.float64) @ permute, **fields)
+
+
 def canonical_affine(spacing_mm: tuple[float, float, float], origin_lps_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)
                      ) -> np.ndarray:
     """The 4x4 index-to-LPS affine of a canonical array with ``(slice, row, column)`` spacing ``spacing_mm`` and

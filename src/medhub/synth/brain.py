@@ -10,8 +10,8 @@ A subject is the ICBM152 2009a template's grey matter, white matter and CSF frac
 * a random smooth deformation (a Gaussian-smoothed displacement field, a few mm);
 * atrophy driven by ``age`` (20-90 years): grey and white matter shrink into CSF, most at the ventricles and sulci,
   so brain age is learnable from the image;
-* pseudo-sequences ``t1``, ``t2``, ``flair``, ``dwi_b1000``, ``adc`` (and ``t2s``) as mixtures of per-tissue
-  intensities, each subject with its own contrast jitter;
+* pseudo-sequences ``t1``, ``t2``, ``flair``, ``dwi_b1000``, ``adc``, ``t2s`` (and, on request, ``t1c``: T1 after
+  gadolinium, the mass enhancing) as mixtures of per-tissue intensities, each subject with its own contrast jitter;
 * optionally an **infarct** in a vascular territory (the lateral cortex and white matter of one middle cerebral
   artery territory): bright on DWI, dark on ADC, bright on T2/FLAIR;
 * optionally an **extra-axial mass** (meningioma-like): a dural-based ellipsoid at the brain's surface that
@@ -35,7 +35,7 @@ from scipy import ndimage as ndi
 
 from medhub.masks import block_mean
 
-#: Sequences a session can have (FOMO60K's names).
+#: Sequences a session has by default (FOMO60K's names); ``t1c`` (post-contrast T1, the mass enhancing) on request.
 SEQUENCES = ("t1", "t2", "flair", "dwi_b1000", "adc", "t2s")
 #: Per-tissue intensities (GM, WM, CSF, lesion multiplier for infarct, mass) of each pseudo-sequence.
 _TISSUE = {
@@ -46,6 +46,7 @@ _TISSUE = {
     "dwi_b1000": (0.72, 0.62, 0.20, 2.60, 0.75),
     "adc":      (0.80, 0.72, 3.00, 0.50, 0.90),  # x 1e-3 mm^2/s
     "t2s":      (0.60, 0.50, 0.90, 1.20, 0.70),
+    "t1c":      (0.62, 0.95, 0.22, 0.80, 1.45),  # post-gadolinium T1: the mass enhances
 }
 AGE_RANGE = (20.0, 90.0)
 
@@ -338,3 +339,55 @@ def write_session(root: str | Path, subject: str, session: str, brain: Synthetic
             value = brain.targets[label]
             (target / "label.txt").write_text(f"{value:g}\n" if label == "age" else f"{int(value)}\n")
     return folder
+
+
+
+#: The label each finetuning task reads from a generated session (:func:`write_session`'s ``label``).
+TASK_LABELS = {"infarct": "infarct", "meningioma": "seg", "brain-age": "age"}
+
+
+def write_task_dataset(root: str | Path, task: str, sequences: tuple[str, ...], count: int, *, first_seed: int = 0,
+                       first_index: int = 0, resolution_mm: float = 1.0, out_of_domain: float = 0.0) -> Path:
+    """``count`` generated sessions for a finetuning ``task`` (``infarct``: every other one has an infarct, no mass;
+    ``meningioma``: each has a mass, no infarct; ``brain-age``: ages drawn) in the finetuning layout
+    ``ROOT/preprocessed/sub_NNN/ses_1/`` and ``ROOT/labels/``. A share ``out_of_domain`` of them (every k-th) is
+    the thick-slice clinical variant. Session ``i`` (from ``first_index``, so that parts of one dataset can be
+    written in parallel) has seed ``first_seed + i``; returns ``root``."""
+    root = Path(root)
+    every = round(1 / out_of_domain) if out_of_domain > 0 else 0
+    for i in range(first_index, first_index + count):
+        lesions = {"infarct": {"infarct": i % 2 == 0, "mass": False},
+                   "meningioma": {"infarct": False, "mass": True}}.get(task, {"infarct": False, "mass": False})
+        brain = make_brain(first_seed + i, resolution_mm=resolution_mm, sequences=sequences,
+                           out_of_domain=bool(every) and i % every == every - 1, **lesions)
+        write_session(root / "preprocessed", f"{i:03d}", "1", brain, labels_root=root / "labels",
+                      label=TASK_LABELS[task])
+    return root
+
+#: SeriesDescription of each pseudo-sequence when a session is written as DICOM (:func:`write_dicom_session`).
+DICOM_DESCRIPTIONS = {"t1": "AX T1 MPRAGE", "t2": "AX T2 TSE", "flair": "AX T2 FLAIR", "dwi_b1000": "AX DWI b1000 TRACE",
+                      "adc": "AX DWI ADC", "t2s": "AX T2* GRE", "t1c": "AX T1 MPRAGE POST GD"}
+
+
+def write_dicom_session(folder: str | Path, brain: SyntheticBrain, *, seed: int = 0, scale: float = 1000.0,
+                        transfer_syntax: str | None = None, patient_id: str = "MEDHUB-SYNTH-BRAIN") -> dict[str, Path]:
+    """Write every sequence of ``brain`` as one DICOM MR series of one study (``FOLDER/<sequence>/``), named by
+    :data:`DICOM_DESCRIPTIONS`, values times ``scale`` in 16 bits. Returns the series folders by sequence."""
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    from medhub.io.orientation import volume_from_ras
+    from medhub.synth.dicom_series import write_series
+
+    folder = Path(folder)
+    study = f"1.2.826.0.1.3680043.8.498.{9000 + seed}"
+    frame_of_reference = f"{study}.1"
+    written = {}
+    for number, (name, image) in enumerate(brain.sequences.items(), start=1):
+        volume = volume_from_ras(np.clip(image * scale, 0, 32000), brain.affine, modality="MR")
+        write_series(volume.array, volume.affine, folder / name, modality="MR", seed=seed * 100 + number,
+                     transfer_syntax=transfer_syntax or ExplicitVRLittleEndian, study_uid=study,
+                     frame_of_reference_uid=frame_of_reference, series_number=number, patient_id=patient_id,
+                     patient_name="Synthetic^Brain", study_description="Generated brain MRI (medhub.synth.brain)",
+                     series_description=DICOM_DESCRIPTIONS.get(name, name), file_names="numbered")
+        written[name] = folder / name
+    return written

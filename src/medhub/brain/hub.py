@@ -1,0 +1,257 @@
+"""Brain models on the hub: a finetuned checkpoint becomes a model folder in one command (``medhub export-model``).
+
+A folder made by :func:`export_model` holds ``card.yaml``, ``weights/checkpoint.safetensors`` and
+``weights/checkpoint.json`` (the network, the task and the finetuning settings; both files are sha256-checked by
+the runner before a run) and a short ``README.md``. :class:`BrainTaskModel` runs such a folder: ``medhub run
+FOLDER INPUT OUTPUT``, or by id for the built-in ``brain-tumor``, ``brain-infarct`` and ``brain-age``.
+
+At inference a session goes through the same :func:`~medhub.brain.preprocess.preprocess` as at training (RAS,
+foreground crop, z-normalization, 1 mm), then :func:`~medhub.brain.finetuning.predict`; a segmentation comes back
+on the input grid of the session's first sequence through :meth:`Preprocessing.to_input_grid`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from medhub.errors import InputError, ModelError
+from medhub.hub.card import ModelCard, sha256_file
+from medhub.hub.model import FolderModel, ModelInput, Prediction
+from medhub.io.orientation import ras_view
+
+#: Default SeriesDescription rules (regular expressions, case-insensitive) that pick each sequence among a DICOM
+#: study's series. Post-contrast T1, FLAIR, ADC and T2* are excluded from the plainer names they contain.
+SERIES_RULES: dict[str, list[str]] = {
+    "flair": [r"flair"],
+    "t1c": [r"\bt1c\b", r"t1.*(\+c|\bgd\b|gad|post|contrast|\bce\b)", r"(\bgd\b|gad|post|contrast).*t1"],
+    "t1": [r"^(?!.*(\bgd\b|gad|post|contrast|\+c|\bce\b|t1c)).*(t1|mprage|spgr|bravo)"],
+    "t2": [r"^(?!.*(flair|t2\*|t2s|swi|gre\b|star)).*t2"],
+    "dwi_b1000": [r"^(?!.*(adc|apparent|\bfa\b|\bexp)).*(dwi|diff|trace|b1000|b_1000|b=1000)"],
+    "adc": [r"\badc\b|apparent diffusion"],
+    "t2s": [r"t2\*|t2s|\bswi\b|\bgre\b|susceptib|hemo"],
+}
+
+_BRAIN = {"value": "12738006", "scheme": "SCT", "meaning": "Brain"}
+_ALTERED = {"value": "49755003", "scheme": "SCT", "meaning": "Morphologically Altered Structure"}
+_VOLUME = {"value": "118565006", "scheme": "SCT", "meaning": "Volume"}
+
+
+@dataclass(frozen=True)
+class OutputTemplate:
+    """A task's outputs on the hub: card ``outputs`` and how a prediction fills them."""
+
+    title: str
+    segments: tuple[dict, ...] = ()
+    values: tuple[dict, ...] = ()
+
+
+#: Hub outputs of each finetuning task (:data:`medhub.brain.finetuning.TASKS`). The first value of a segmentation
+#: task is the volume of label 1, of a classification task the class-1 probability (the second its finding at 0.5),
+#: of a regression task the prediction.
+OUTPUTS: dict[str, OutputTemplate] = {
+    "tumor": OutputTemplate(
+        "Whole brain tumour segmentation on MRI (FLAIR + post-contrast T1)",
+        segments=({"label": 1, "name": "Whole tumour", "category": _ALTERED, "anatomic_region": _BRAIN,
+                   "type": {"value": "108369006", "scheme": "SCT", "meaning": "Neoplasm"},
+                   "color_rgb": [240, 90, 40]},),
+        values=({"name": "whole_tumor_volume_ml", "unit": "ml", "concept": _VOLUME,
+                 "description": "Volume of the whole-tumour segment: voxel count times voxel volume (input grid)."},)),
+    "meningioma": OutputTemplate(
+        "Extra-axial mass segmentation on MRI (FLAIR, DWI, T2*)",
+        segments=({"label": 1, "name": "Extra-axial mass", "category": _ALTERED, "anatomic_region": _BRAIN,
+                   "type": {"value": "108369006", "scheme": "SCT", "meaning": "Neoplasm"},
+                   "color_rgb": [240, 160, 40]},),
+        values=({"name": "mass_volume_ml", "unit": "ml", "concept": _VOLUME,
+                 "description": "Volume of the mass segment: voxel count times voxel volume (input grid)."},)),
+    "infarct": OutputTemplate(
+        "Brain infarct detection on MRI (DWI, ADC, FLAIR)",
+        values=({"name": "infarct_probability", "unit": "{probability}",
+                 "concept": {"value": "INFARCT-PROBABILITY", "scheme": "99MEDHUB",
+                             "meaning": "Probability of cerebral infarction"},
+                 "description": "The network's probability (0-1) that the session shows an infarct."},
+                {"name": "infarct", "unit": "{text}",
+                 "concept": {"value": "432504007", "scheme": "SCT", "meaning": "Cerebral infarction"},
+                 "description": "'present' when infarct_probability >= 0.5, else 'absent'."})),
+    "brain-age": OutputTemplate(
+        "Brain age from MRI (T1, T2)",
+        values=({"name": "brain_age_years", "unit": "a",
+                 "concept": {"value": "BRAIN-AGE", "scheme": "99MEDHUB", "meaning": "Brain age estimated from MRI"},
+                 "description": "The age (years) the network reads from the brain's appearance; not the "
+                                "patient's recorded age."},)),
+}
+
+
+class BrainTaskModel(FolderModel):
+    """A finetuned brain network in a model folder (see the module docstring).
+
+    ``predict`` takes the session's volumes by the card's sequence names (all on the first one's grid, as the
+    runner delivers them) and returns a uint8 label map on that grid (segmentation), or values.
+    """
+
+    def __init__(self, folder: str | Path | None = None) -> None:
+        if folder is not None:
+            self.folder = Path(folder)
+        super().__init__()
+        self._network: Any = None
+
+    def network(self) -> Any:
+        """The finetuned network and its :class:`~medhub.brain.finetuning.FinetuneConfig` (loaded once)."""
+        if self._network is None:
+            from medhub.brain.finetuning import load_finetuned
+
+            self._network = load_finetuned(self.folder / "weights")
+        return self._network
+
+    def predict(self, volume: ModelInput) -> Prediction:
+        import torch
+
+        from medhub.brain.finetuning import predict
+        from medhub.brain.preprocess import preprocess
+
+        if not isinstance(volume, Mapping):
+            raise ModelError(self.card.id, "needs a session of named sequences, got one volume", code="bad-input")
+        net, config = self.network()
+        task = net.task
+        missing = [name for name in task.sequences if name not in volume]
+        if missing:
+            raise InputError(None, f"missing sequence {', '.join(missing)} ({self.card.id} needs "
+                             f"{', '.join(task.sequences)})", code="missing-sequence")
+        first = volume[task.sequences[0]]
+        arrays, record = preprocess({name: ras_view(volume[name]) for name in task.sequences})
+        torch.manual_seed(0)
+        with torch.inference_mode():
+            output = predict(net, arrays, config)
+        values = [v.name for v in self.card.outputs.values]
+        extra = {"preprocessed_shape": list(record.shape), "foreground_box_ras": [list(b) for b in record.box]}
+        if task.kind == "segmentation":
+            labels = record.to_input_grid(np.asarray(output)).astype(np.uint8)
+            voxel_ml = abs(float(np.linalg.det(first.affine[:3, :3]))) / 1000.0
+            volume_ml = float(np.count_nonzero(labels)) * voxel_ml
+            warnings = [] if volume_ml > 0 else ["nothing segmented"]
+            return Prediction(labels=labels, values={values[0]: round(volume_ml, 2)} if values else {},
+                              warnings=warnings, extra=extra)
+        if task.kind == "classification":
+            probability = float(output)
+            found = {values[0]: round(probability, 4)}
+            if len(values) > 1:
+                found[values[1]] = "present" if probability >= 0.5 else "absent"
+            return Prediction(values=found, extra=extra)
+        return Prediction(values={values[0]: round(float(output), 1)}, extra=extra)
+
+
+def is_exported_folder(path: str | Path) -> bool:
+    """Whether ``path`` is a folder made by :func:`export_model` (a card and a finetuned checkpoint)."""
+    path = Path(path)
+    sidecar = path / "weights" / "checkpoint.json"
+    if not ((path / "card.yaml").is_file() and sidecar.is_file()):
+        return False
+    try:
+        return json.loads(sidecar.read_text()).get("kind") == "medhub-finetuning"
+    except (OSError, ValueError):
+        return False
+
+
+def export_model(finetuned: str | Path, output: str | Path, *, model_id: str, version: str = "0.1.0",
+                 name: str | None = None, trained_on: str | None = None, card: Mapping[str, Any] | None = None,
+                 license: str = "Apache-2.0") -> ModelCard:
+    """Turn a ``medhub finetune`` output folder into a hub model folder: ``OUTPUT/card.yaml`` and ``OUTPUT/weights/``
+    are written (replacing older ones), a ``README.md`` when there is none; other files in ``output`` stay.
+
+    ``trained_on`` states the training data (default: the sessions listed in the checkpoint); ``card`` overrides
+    any card field (e.g. ``description``, ``limitations``, ``evaluation``, ``reference``). Returns the card."""
+    finetuned, output = Path(finetuned), Path(output)
+    sidecar_path = finetuned / "checkpoint.json"
+    if not sidecar_path.is_file() or not (finetuned / "checkpoint.safetensors").is_file():
+        raise InputError(finetuned, "not a `medhub finetune` output (no checkpoint.safetensors / .json)",
+                         code="no-input")
+    sidecar = json.loads(sidecar_path.read_text())
+    task = sidecar["task"]
+    template = OUTPUTS[task["name"]]
+    results_path = finetuned / "finetuned.json"
+    evaluation = json.loads(results_path.read_text()).get("evaluation", {}).get("summary") \
+        if results_path.is_file() else None
+    pretraining = sidecar.get("pretraining")
+    origin = (f"finetuned from a {pretraining.get('arch')} {pretraining.get('objective')} pretraining checkpoint"
+              if pretraining else "trained from random weights")
+    trained_on = trained_on or (f"{len(sidecar['train_sessions'])} session(s): "
+                                f"{', '.join(sidecar['train_sessions'])}")
+    output.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=output))
+    try:
+        (staging / "weights").mkdir()
+        weights = []
+        shutil.copy2(finetuned / "checkpoint.safetensors", staging / "weights" / "checkpoint.safetensors")
+        # the per-step loss history stays with the training run; the model keeps its settings and final loss
+        history = sidecar.pop("loss_history", None) or [None]
+        sidecar["final_loss"] = history[-1]
+        (staging / "weights" / "checkpoint.json").write_text(json.dumps(sidecar, indent=1) + "\n")
+        for file, purpose in (("checkpoint.safetensors", "network weights"),
+                              ("checkpoint.json", "network, task and preprocessing settings")):
+            weights.append({"file": f"weights/{file}", "sha256": sha256_file(staging / "weights" / file),
+                            "size_bytes": (staging / "weights" / file).stat().st_size, "license": license,
+                            "trained_on": trained_on, "purpose": purpose})
+        sequences = [{"name": s, "series_description": SERIES_RULES.get(s, [s])} for s in task["sequences"]]
+        data: dict[str, Any] = {
+            "id": model_id, "name": name or model_id, "version": version, "title": template.title,
+            "description": f"A {sidecar['network'].get('base_channels')}-filter 3D U-Net ({task['kind']}, "
+                           f"{origin}) on the sequences {', '.join(task['sequences'])}, preprocessed as in "
+                           "training (RAS, foreground crop, z-normalization, 1 mm).",
+            "task": task["kind"],
+            "inputs": {"modality": "MR", "body_part": "BRAIN", "sequences": sequences,
+                       "spacing_mm": {"in_plane_min": 0.3, "in_plane_max": 3.0, "slice_min": 0.3, "slice_max": 8.0},
+                       "min_slices": 8},
+            "outputs": {"segments": list(template.segments), "values": list(template.values)},
+            "weights": weights[0], "extra_weights": weights[1:], "needs_weights": True,
+            "training_data": trained_on,
+            "evaluation": f"Held out after finetuning: {json.dumps(evaluation)}" if evaluation else "",
+            "intended_use": "Research: brain MRI analysis. Not for clinical diagnosis.",
+            "limitations": "Trained on few sessions; see training_data.",
+            "license": license, "authors": ["medhub contributors"],
+            "resources": {"device": "cpu-or-gpu", "memory_gib": 4.0},
+            **dict(card or {}),
+        }
+        model_card = ModelCard.model_validate(data)
+        (staging / "card.yaml").write_text(yaml.safe_dump(model_card.model_dump(mode="json", exclude_none=True),
+                                                          sort_keys=False, width=110, allow_unicode=True))
+        if not (output / "README.md").exists():
+            (output / "README.md").write_text(f"# {model_id}\n\n{model_card.title}.\n\nExported by `medhub "
+                                              f"export-model` from `{finetuned}`.\n\nTraining data: {trained_on}\n")
+        # the weights folder is swapped whole, then the card replaced: a reader never sees half a checkpoint
+        old = staging / "old-weights"
+        if (output / "weights").exists():
+            (output / "weights").rename(old)
+        (staging / "weights").rename(output / "weights")
+        (staging / "card.yaml").replace(output / "card.yaml")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return model_card
+
+
+def train_and_export(folder: str | Path, data: str | Path, work: str | Path, *, task: str, model_id: str,
+                     version: str, shots: int, steps: int, trained_on: str, card: Mapping[str, Any],
+                     checkpoint: str | Path | None = None, arch: str = "tiny", crop: int = 32, lr: float = 1e-3,
+                     seed: int = 0, license: str = "Apache-2.0") -> ModelCard:
+    """A built-in brain model's recipe: ``medhub finetune`` on ``data`` (finetuning layout; from ``checkpoint`` or
+    from scratch), then :func:`export_model` into ``folder``. Each model's ``train.py`` calls this."""
+    from medhub.brain.finetuning import FinetuneConfig, finetune
+    from medhub.learn.trainer import TrainingConfig
+    from medhub.learn.unet3d import preset
+
+    work = Path(work)
+    config = FinetuneConfig(task=task, shots=shots, seed=seed, from_scratch=checkpoint is None, crop=crop,
+                            batch_size=2)
+    training = TrainingConfig(steps=steps, lr=lr, warmup_steps=max(1, steps // 15), checkpoint_every=steps,
+                              seed=seed)
+    finetune(checkpoint, data, work / "run", config, arch_config=preset(arch), training=training,
+             cache=work / "cache")
+    return export_model(work / "run", folder, model_id=model_id, version=version, trained_on=trained_on, card=card,
+                        license=license)
