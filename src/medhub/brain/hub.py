@@ -28,16 +28,22 @@ from medhub.hub.card import ModelCard, sha256_file
 from medhub.hub.model import FolderModel, ModelInput, Prediction
 from medhub.io.orientation import ras_view
 
+def _word(pattern: str) -> str:
+    """``pattern`` not inside a longer word; ``_`` and digits count as separators, as in ``DWI_ADC`` or ``T1C2``."""
+    return rf"(?<![a-z])(?:{pattern})(?![a-z])"
+
+
 #: Default SeriesDescription rules (regular expressions, case-insensitive) that pick each sequence among a DICOM
 #: study's series. Post-contrast T1, FLAIR, ADC and T2* are excluded from the plainer names they contain.
+_CONTRAST = _word(r"gd|gad|post|contrast|ce|t1c") + r"|\+c"
 SERIES_RULES: dict[str, list[str]] = {
     "flair": [r"flair"],
-    "t1c": [r"\bt1c\b", r"t1.*(\+c|\bgd\b|gad|post|contrast|\bce\b)", r"(\bgd\b|gad|post|contrast).*t1"],
-    "t1": [r"^(?!.*(\bgd\b|gad|post|contrast|\+c|\bce\b|t1c)).*(t1|mprage|spgr|bravo)"],
-    "t2": [r"^(?!.*(flair|t2\*|t2s|swi|gre\b|star)).*t2"],
-    "dwi_b1000": [r"^(?!.*(adc|apparent|\bfa\b|\bexp)).*(dwi|diff|trace|b1000|b_1000|b=1000)"],
-    "adc": [r"\badc\b|apparent diffusion"],
-    "t2s": [r"t2\*|t2s|\bswi\b|\bgre\b|susceptib|hemo"],
+    "t1c": [_word("t1c"), rf"t1.*({_CONTRAST})", rf"({_CONTRAST}).*t1"],
+    "t1": [rf"^(?!.*({_CONTRAST})).*(t1|mprage|spgr|bravo)"],
+    "t2": [rf"^(?!.*(flair|t2\*|t2s|{_word('swi|gre|star')})).*t2"],
+    "dwi_b1000": [rf"^(?!.*({_word('adc|apparent|fa|exp')})).*(dwi|diff|trace|b1000|b_1000|b=1000)"],
+    "adc": [_word("adc") + "|apparent diffusion"],
+    "t2s": [r"t2\*|t2s|" + _word("swi|gre|susceptib\\w*|hemo\\w*")],
 }
 
 _BRAIN = {"value": "12738006", "scheme": "SCT", "meaning": "Brain"}
