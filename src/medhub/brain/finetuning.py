@@ -232,6 +232,7 @@ def predict(net: TaskNet, arrays: dict[str, np.ndarray], config: FinetuneConfig)
 
 def evaluate(net: TaskNet, sessions: list[CachedSession], config: FinetuneConfig) -> dict[str, Any]:
     """Dice (segmentation), accuracy and AUC (classification) or MAE (regression) on ``sessions``."""
+    from medhub.metrics.classification import auroc
     from medhub.metrics.segmentation import dice
 
     task = net.task
@@ -251,10 +252,8 @@ def evaluate(net: TaskNet, sessions: list[CachedSession], config: FinetuneConfig
         targets = np.array([r["target"] for r in rows])
         scores = np.array([r["prediction"] for r in rows])
         summary["accuracy"] = float(np.mean((scores > 0.5) == (targets > 0.5)))
-        positives, negatives = scores[targets > 0.5], scores[targets <= 0.5]
-        # AUC as the probability that a positive outscores a negative (ties count half): Mann-Whitney
-        wins = (positives[:, None] > negatives[None, :]) + 0.5 * (positives[:, None] == negatives[None, :])
-        summary["auc"] = float(wins.mean()) if len(positives) and len(negatives) else None
+        area = auroc(scores, targets > 0.5)
+        summary["auc"] = None if np.isnan(area) else area
     elif rows:
         summary["mae"] = float(np.mean([abs(r["prediction"] - r["target"]) for r in rows]))
     return {"summary": summary, "cases": rows}

@@ -181,12 +181,14 @@ def _write_case_outputs(
         write_volume(volume, staging / "labels.nii.gz", array=prediction.labels.astype(np.uint8))
         written["nifti"] = "labels.nii.gz"
     if "png" in outputs and has_labels:
-        from medhub.io.preview import write_overlay_png
+        from medhub.io.preview import auto_window, write_overlay_png
 
+        level, width = (-300.0, 1400.0) if card.inputs.modality == "CT" else auto_window(volume.array)
         caption = f"{card.id} {card.version}: " + ", ".join(
             f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
             for k, v in prediction.values.items() if not (isinstance(v, str) and len(v) > 20))
-        write_overlay_png(volume, prediction.labels, card.outputs.segments, staging / "preview.png", caption=caption)
+        write_overlay_png(volume, prediction.labels, card.outputs.segments, staging / "preview.png", level=level,
+                          width=width, caption=caption)
         written["png"] = "preview.png"
     return written, notes
 

@@ -1,0 +1,1 @@
+"""Challenge-grade evaluation: task specs, submissions, validation, metrics with CIs, ranking, leaderboards."""
