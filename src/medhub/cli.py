@@ -19,7 +19,7 @@ from rich.table import Table
 from medhub import __version__
 from medhub.brain.cli import export_model_command, finetune_command, pretrain_command
 from medhub.cac.cli import cac_app
-from medhub.challenge.cli import leaderboard_command
+from medhub.challenge.cli import evaluate_command, leaderboard_command
 from medhub.cohort.cli import batch_command, release_command
 from medhub.compare.cli import compare_command
 from medhub.dashboard.cli import dashboard_command
@@ -40,6 +40,7 @@ app.command("dashboard")(dashboard_command)
 app.command("pretrain")(pretrain_command)
 app.command("finetune")(finetune_command)
 app.command("export-model")(export_model_command)
+app.command("evaluate")(evaluate_command)
 app.command("leaderboard")(leaderboard_command)
 console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)

@@ -28,6 +28,7 @@ from medhub.hub.card import ModelCard, sha256_file
 from medhub.hub.model import FolderModel, ModelInput, Prediction
 from medhub.io.orientation import ras_view
 
+
 def _word(pattern: str) -> str:
     """``pattern`` not inside a longer word; ``_`` and digits count as separators, as in ``DWI_ADC`` or ``T1C2``."""
     return rf"(?<![a-z])(?:{pattern})(?![a-z])"

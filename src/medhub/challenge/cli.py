@@ -1,4 +1,4 @@
-"""``medhub leaderboard`` (and, to come, ``medhub evaluate`` and ``medhub export-fomo``). Kept light to import."""
+"""``medhub evaluate``, ``medhub leaderboard`` and ``medhub export-fomo``. Kept light to import: no torch here."""
 
 from __future__ import annotations
 
@@ -50,3 +50,42 @@ def leaderboard_command(
     if output is not None:
         written = write_leaderboard(rows, task_set, output, title=f"{task_set.name} leaderboard")
         console.print(f"written: {', '.join(str(p) for p in written.values())}", highlight=False)
+
+
+def evaluate_command(
+    submissions: Annotated[list[str], typer.Option("--submission", "-s", help="NAME=model:ID, NAME=folder:PATH or "
+                                                   "NAME=fomo:PATH (a predict.py folder or an .sif image); "
+                                                   "repeat for each.")],
+    truth: Annotated[Path, typer.Option(help="ROOT/<task id or name>/ in the FOMO finetuning layout.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the leaderboard and tables.")],
+    tasks: Annotated[str, typer.Option(help="Task set: fomo25, or a YAML file.")] = "fomo25",
+    resamples: Annotated[int, typer.Option(help="Bootstrap resamples and permutations.")] = 10_000,
+    time_limit: Annotated[float, typer.Option(help="Per-case time limit of a FOMO command submission (s).")] = 120.0,
+    seed: Annotated[int, typer.Option(help="Seed of the bootstrap and the permutations.")] = 0,
+) -> None:
+    """Evaluate submissions as a challenge would: per-case validation, metrics with bootstrap CIs, pairwise
+    permutation tests, ranks, tiers; leaderboard CSV/Markdown/HTML and per-case tables."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from medhub.challenge.evaluate import evaluate, load_truth, write_evaluation
+    from medhub.challenge.submissions import CommandSubmission, parse_submission
+    from medhub.challenge.tasks import load_task_set
+
+    task_set = load_task_set(tasks)
+    parsed = [parse_submission(spec) for spec in submissions]
+    for submission in parsed:
+        if isinstance(submission, CommandSubmission):
+            submission.time_limit_s = time_limit
+    total = sum(len(load_truth(truth, t) or []) for t in task_set.tasks) * len(parsed)
+    with Progress(TextColumn("[bold]evaluating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as bar:
+        progress = bar.add_task("cases", total=total)
+        evaluation = evaluate(task_set, parsed, truth, output, n_resamples=resamples, seed=seed,
+                              on_case=lambda: bar.advance(progress))
+    written = write_evaluation(evaluation, output)
+    failed = sum(row["status"] != "ok" for row in evaluation.case_rows)
+    console.print((output / "leaderboard.md").read_text(), highlight=False)
+    note = f"; {failed} case prediction(s) failed, scored as the worst (see cases.csv)" if failed else ""
+    skipped = f"; no truth for {', '.join(evaluation.skipped_tasks)}" if evaluation.skipped_tasks else ""
+    console.print(f"{len(evaluation.case_rows)} case predictions{note}{skipped}; written: "
+                  f"{', '.join(str(p) for p in written.values())}", highlight=False)

@@ -21,14 +21,15 @@ import numpy as np
 from scipy.stats import rankdata
 
 
-def rank_values(values: Sequence[float], *, higher_is_better: bool) -> np.ndarray:
-    """Ranks of ``values`` across submissions: 1 for the best, ties sharing their group's best rank, NaN
-    (a missing value) ranked ``len(values) + 1``."""
+def rank_values(values: Sequence[float] | np.ndarray, *, higher_is_better: bool) -> np.ndarray:
+    """Ranks of ``values`` across submissions (the last axis; rows of a 2-D array are ranked one by one): 1 for
+    the best, ties sharing their group's best rank, NaN (a missing value) ranked ``n + 1``."""
     x = np.asarray(values, dtype=np.float64)
-    ranks = np.full(x.shape, float(x.size + 1))
-    present = np.isfinite(x)
-    if present.any():
-        ranks[present] = rankdata(-x[present] if higher_is_better else x[present], method="min")
+    missing = ~np.isfinite(x)
+    # a missing value sorts after every real one, then gets n + 1
+    keyed = np.where(missing, np.inf, -x if higher_is_better else x)
+    ranks = rankdata(keyed, method="min", axis=-1).astype(np.float64)
+    ranks[missing] = x.shape[-1] + 1
     return ranks
 
 
@@ -67,6 +68,7 @@ def rank_table(submissions: Sequence[str], table: Mapping[str, Sequence[float]],
     for c in columns:
         tasks.setdefault(c.task, []).append(c.name)
     task_ranks = {task: np.mean([metric_ranks[name] for name in names], axis=0) for task, names in tasks.items()}
+    # (for a 2-D table, each row is one bootstrap resample of every submission)
     weights = np.array([(task_weights or {}).get(task, 1.0) for task in tasks], dtype=np.float64)
     if task_weights is not None and set(task_weights) - set(tasks):
         raise ValueError(f"weights for unknown tasks {sorted(set(task_weights) - set(tasks))}")

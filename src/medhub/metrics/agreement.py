@@ -74,6 +74,17 @@ def correlation(x: Sequence[float], y: Sequence[float], method: str = "pearson")
     return float(result[0]), float(result[1])
 
 
+def pearson_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Pearson's r of each row of ``x`` with the same row of ``y`` (shape ``(rows, pairs)``), at once: for
+    bootstrap resamples and permutations. NaN for a constant row."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    dx = x - x.mean(axis=1, keepdims=True)
+    dy = y - y.mean(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = (dx * dy).sum(axis=1) / np.sqrt((dx**2).sum(axis=1) * (dy**2).sum(axis=1))
+    return np.where(np.isfinite(r), r, np.nan)
+
+
 def paired_agreement(pred: Sequence[float], ref: Sequence[float]) -> dict[str, float]:
     """Difference, Bland–Altman limits, correlations and ICC(2,1) of paired finite values (see the module)."""
     p, r = np.asarray(pred, dtype=np.float64), np.asarray(ref, dtype=np.float64)

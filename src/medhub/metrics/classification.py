@@ -27,3 +27,16 @@ def auroc(scores: Sequence[float], labels: Sequence[float]) -> float:
         return math.nan
     ranks = rankdata(s)  # ties get their mean rank, which counts each tie one half
     return float((ranks[y].sum() - positives * (positives + 1) / 2) / (positives * negatives))
+
+
+def auroc_rows(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """:func:`auroc` of each row of ``scores`` against the same row of ``labels`` (shape ``(rows, cases)``), at
+    once: for bootstrap resamples and permutations. NaN for a row with an empty class."""
+    s = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(labels).astype(bool)
+    ranks = rankdata(s, axis=1)
+    positives = y.sum(axis=1).astype(np.float64)
+    negatives = y.shape[1] - positives
+    with np.errstate(invalid="ignore", divide="ignore"):
+        area = ((ranks * y).sum(axis=1) - positives * (positives + 1) / 2) / (positives * negatives)
+    return np.where((positives > 0) & (negatives > 0), area, np.nan)

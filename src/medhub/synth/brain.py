@@ -365,8 +365,9 @@ def write_task_dataset(root: str | Path, task: str, sequences: tuple[str, ...], 
     return root
 
 #: SeriesDescription of each pseudo-sequence when a session is written as DICOM (:func:`write_dicom_session`).
-DICOM_DESCRIPTIONS = {"t1": "AX T1 MPRAGE", "t2": "AX T2 TSE", "flair": "AX T2 FLAIR", "dwi_b1000": "AX DWI b1000 TRACE",
-                      "adc": "AX DWI ADC", "t2s": "AX T2* GRE", "t1c": "AX T1 MPRAGE POST GD"}
+DICOM_DESCRIPTIONS = {"t1": "AX T1 MPRAGE", "t2": "AX T2 TSE", "flair": "AX T2 FLAIR",
+                      "dwi_b1000": "AX DWI b1000 TRACE", "adc": "AX DWI ADC", "t2s": "AX T2* GRE",
+                      "t1c": "AX T1 MPRAGE POST GD"}
 
 
 def write_dicom_session(folder: str | Path, brain: SyntheticBrain, *, seed: int = 0, scale: float = 1000.0,
