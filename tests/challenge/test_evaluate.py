@@ -117,6 +117,7 @@ def test_models_folders_and_commands_are_evaluated_and_ranked(truth, tmp_path):
     assert math.isnan(table["t1_auroc"][4]) and not math.isnan(table["t3_mae"][4])  # brain-age skips t1
     cases = list(csv.DictReader(written["cases"].open()))
     reasons = {(r["submission"], r["task"], r["case"]): r["reason"] for r in cases if r["status"] != "ok"}
+    assert not [key for key in reasons if key[0] in ("brain-infarct", "brain-age")]
     assert reasons[("broken", "t1", "sub_000")] == "missing"
     assert reasons[("broken", "t1", "sub_001")] == "not-finite"
     assert reasons[("broken", "t1", "sub_002")] == "unparsable"

@@ -157,6 +157,7 @@ class ModelSubmission(Submission):
                 (session / f"{name}.nii.gz").symlink_to(Path(path).resolve())
             [found] = discover_inputs(session, model.card.inputs.sequences).cases
             wanted = ("nifti",) if task.label == "mask" else ("json",)
+            (Path(tmp) / "out").mkdir()
             result = run_case(model, found, Path(tmp) / "out", outputs=wanted)
             self.seconds[f"{task.id}/{case.case_id}"] = round(time.perf_counter() - start, 3)
             if not result.ok:
