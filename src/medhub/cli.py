@@ -19,7 +19,7 @@ from rich.table import Table
 from medhub import __version__
 from medhub.brain.cli import export_model_command, finetune_command, pretrain_command
 from medhub.cac.cli import cac_app
-from medhub.challenge.cli import evaluate_command, leaderboard_command
+from medhub.challenge.cli import evaluate_command, export_fomo_command, leaderboard_command
 from medhub.cohort.cli import batch_command, release_command
 from medhub.compare.cli import compare_command
 from medhub.dashboard.cli import dashboard_command
@@ -42,6 +42,7 @@ app.command("finetune")(finetune_command)
 app.command("export-model")(export_model_command)
 app.command("evaluate")(evaluate_command)
 app.command("leaderboard")(leaderboard_command)
+app.command("export-fomo")(export_fomo_command)
 console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
 _state = {"debug": False}

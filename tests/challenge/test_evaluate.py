@@ -157,4 +157,27 @@ def test_submission_specs_are_parsed_by_kind(tmp_path):
     assert isinstance(parse_submission(str(tmp_path / "fomo")), CommandSubmission)
     assert isinstance(parse_submission(f"b={tmp_path}"), FolderSubmission)
     model = parse_submission("brain-age")
-    assert isinstance(model, ModelSubmission) and model.name == "brain-age"
+    assert isinstance(model, ModelSubmission) and model.name == "brain-age" and model.tasks is None
+    assert parse_submission("mine=model:brain-age@t3,1").tasks == {"t1", "t3"}
+
+
+def test_an_exported_fomo_predict_py_runs_directly_and_its_outputs_validate(truth, tmp_path):
+    proc = run_cli("export-fomo", "brain-age", "--task", "3", "--to", str(tmp_path / "sub"))
+    assert proc.returncode == 0, proc.stderr
+    assert {p.name for p in (tmp_path / "sub").iterdir()} == {"predict.py", "Apptainer.def", "requirements.txt"}
+    assert "exec python /app/predict.py" in (tmp_path / "sub" / "Apptainer.def").read_text()
+    assert "torch==2.13.0" in (tmp_path / "sub" / "requirements.txt").read_text()
+
+    fomo = parse_submission(f"exported=fomo:{tmp_path / 'sub'}@3")
+    assert isinstance(fomo, CommandSubmission) and fomo.tasks == {"t3"}
+    evaluation = evaluate(FOMO25, [fomo, ModelSubmission(name="direct", model="brain-age")], truth, tmp_path / "out",
+                          n_resamples=RESAMPLES)
+
+    t3 = [r for r in evaluation.case_rows if r["task"] == "t3"]
+    assert t3 and all(r["status"] == "ok" for r in t3), [r["message"] for r in t3]
+    exported = {r["case"]: r["prediction"] for r in t3 if r["submission"] == "exported"}
+    direct = {r["case"]: r["prediction"] for r in t3 if r["submission"] == "direct"}
+    assert exported == pytest.approx(direct)  # the contract wraps the same model, same numbers
+    # a task of another kind is refused at export, in one line
+    proc = run_cli("export-fomo", "brain-age", "--task", "2", "--to", str(tmp_path / "no"))
+    assert proc.returncode != 0 and "needs a mask prediction" in proc.stderr and "Traceback" not in proc.stderr

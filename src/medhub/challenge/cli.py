@@ -89,3 +89,17 @@ def evaluate_command(
     skipped = f"; no truth for {', '.join(evaluation.skipped_tasks)}" if evaluation.skipped_tasks else ""
     console.print(f"{len(evaluation.case_rows)} case predictions{note}{skipped}; written: "
                   f"{', '.join(str(p) for p in written.values())}", highlight=False)
+
+
+def export_fomo_command(
+    model: Annotated[str, typer.Argument(help="A model id (e.g. brain-age) or a `medhub export-model` folder.")],
+    task: Annotated[str, typer.Option(help="FOMO25 task: 1 (infarct), 2 (meningioma) or 3 (brain age).")],
+    to: Annotated[Path, typer.Option("--to", help="The submission folder to write.")],
+) -> None:
+    """Wrap a medhub model in the FOMO25 container contract: predict.py, Apptainer.def, requirements.txt."""
+    from medhub.challenge.export import export_fomo
+
+    folder = export_fomo(model, task, to)
+    console.print(f"wrote {folder}/predict.py, Apptainer.def, requirements.txt; try it with `python "
+                  f"{folder}/predict.py --help`, build it with `apptainer build submission.sif {folder}/Apptainer.def`",
+                  highlight=False)

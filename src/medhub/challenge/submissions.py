@@ -67,6 +67,7 @@ class Submission:
 
     name: str
     seconds: dict[str, float] = field(default_factory=dict)
+    tasks: frozenset[str] | None = None  # the task ids it answers, when given (``NAME=...@t1,t3``)
 
     def predict(self, task: TaskSpec, case: TruthCase, output: Path) -> Path:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -76,7 +77,7 @@ class Submission:
 
     def takes_part(self, task: TaskSpec) -> bool:
         """Whether the submission answers ``task`` at all (one that does not ranks last on it, ``n + 1``)."""
-        return True
+        return self.tasks is None or task.id in self.tasks
 
 
 @dataclass
@@ -97,7 +98,8 @@ class FolderSubmission(Submission):
         return f"prediction folder {self.folder}"
 
     def takes_part(self, task: TaskSpec) -> bool:
-        return any(self.folder.glob(f"{sub}*{task.output_suffix}") for sub in (f"{task.id}/", f"{task.name}/", ""))
+        patterns = (f"{sub}*{task.output_suffix}" for sub in (f"{task.id}/", f"{task.name}/", ""))
+        return super().takes_part(task) and any(any(self.folder.glob(p)) for p in patterns)
 
 
 @dataclass
@@ -183,14 +185,17 @@ class ModelSubmission(Submission):
         from medhub.hub.registry import get_card
 
         kind = {"binary": "classification", "value": "regression", "mask": "segmentation"}[task.label]
-        return get_card(self.model).task == kind
+        return super().takes_part(task) and get_card(self.model).task == kind
 
 
 def parse_submission(spec: str) -> Submission:
-    """``NAME=model:ID``, ``NAME=folder:PATH`` or ``NAME=fomo:PATH`` (``NAME=`` optional; a bare model id, an
-    existing folder holding ``predict.py`` or an ``.sif`` file is recognised without its kind)."""
+    """``NAME=model:ID``, ``NAME=folder:PATH`` or ``NAME=fomo:PATH``, optionally ending ``@t1,t3`` (the tasks it
+    answers). ``NAME=`` and the kind are optional: a model id, a folder holding ``predict.py`` or an ``.sif`` file,
+    and a folder of predictions are told apart."""
     from medhub.errors import InputError
 
+    spec, _, only = spec.partition("@")
+    tasks = frozenset(f"t{t.strip().lstrip('t')}" for t in only.split(",") if t.strip()) or None
     name, _, rest = spec.rpartition("=") if "=" in spec else ("", "", spec)
     kind, _, target = rest.partition(":") if rest.split(":", 1)[0] in ("model", "folder", "fomo") else ("", "", rest)
     path = Path(target)
@@ -199,12 +204,12 @@ def parse_submission(spec: str) -> Submission:
                 else "folder" if path.is_dir() and not (path / "card.yaml").is_file() else "model")
     name = name or (path.stem if kind != "model" else target)
     if kind == "model":
-        return ModelSubmission(name=name, model=target)
+        return ModelSubmission(name=name, model=target, tasks=tasks)
     if not path.exists():
         raise InputError(path, f"submission {name!r}: no such file or folder", code="not-found")
     if kind == "folder":
-        return FolderSubmission(name=name, folder=path)
-    return CommandSubmission(name=name, target=path)
+        return FolderSubmission(name=name, folder=path, tasks=tasks)
+    return CommandSubmission(name=name, target=path, tasks=tasks)
 
 
 def read_value(path: Path) -> float:
