@@ -135,3 +135,24 @@ class Server:
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def evaluation_folder(tmp_path_factory) -> Path:
+    """`medhub evaluate` of two prediction folders on four generated brain-age cases (one prediction missing)."""
+    from medhub.challenge.evaluate import evaluate, load_truth, write_evaluation
+    from medhub.challenge.submissions import FolderSubmission
+    from medhub.challenge.tasks import FOMO25
+    from medhub.synth.brain import write_task_dataset
+
+    root = tmp_path_factory.mktemp("dashboard-evaluation")
+    write_task_dataset(root / "truth" / "t3", "brain-age", ("t1", "t2"), 4, first_seed=930, resolution_mm=2.0)
+    for name, shift in (("close", 2.0), ("far", 15.0)):
+        (root / name / "t3").mkdir(parents=True)
+        for n, case in enumerate(load_truth(root / "truth", FOMO25.task("t3"))):
+            if not (name == "far" and n == 0):
+                (root / name / "t3" / f"{case.case_id}.txt").write_text(f"{case.label + shift * (-1) ** n}\n")
+    submissions = [FolderSubmission(name=n, folder=root / n) for n in ("close", "far")]
+    evaluation = evaluate(FOMO25, submissions, root / "truth", root / "out", n_resamples=300)
+    write_evaluation(evaluation, root / "out")
+    return root / "out"

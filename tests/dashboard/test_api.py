@@ -209,3 +209,15 @@ def test_a_folder_that_is_not_a_result_is_refused_in_one_line(tmp_path):
     proc = run_cli("dashboard", str(tmp_path))
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
     assert os.listdir(tmp_path) == []
+
+
+def test_an_evaluation_folder_serves_its_leaderboard_and_per_case_rows(evaluation_folder):
+    client = _client(evaluation_folder)
+    overview = client.get("/api/overview").json()
+    assert overview["kind"] == "evaluation" and overview["total"] == 8
+    assert overview["failures_by_reason"] == {"missing": 1}
+    board = overview["evaluation"]["leaderboard"]
+    assert [r["submission"] for r in board] == ["close", "far"]
+    assert board[0]["t3_mae"] == pytest.approx(2.0) and board[0]["t3_mae_ci_low"] <= 2.0
+    page = client.get("/api/cases", params={"sort": "status"}).json()
+    assert {r["case_id"].split(" / ")[0] for r in page["rows"]} == {"close", "far"}

@@ -142,3 +142,17 @@ def test_compare_view_shows_two_sources_side_by_side(browser, compare_folder):
         _image_loaded(browser, "compare-left")
         _image_loaded(browser, "compare-right")
         _shot(browser, "compare")
+
+
+def test_an_evaluation_folder_shows_its_leaderboard_with_cis_and_its_cases(browser, evaluation_folder):
+    from selenium.webdriver.common.by import By
+
+    with Server(evaluation_folder) as server:
+        browser.get(server.url + "/#/")
+        _wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#leaderboard tr")) == 3)
+        rows = [r.text for r in browser.find_elements(By.CSS_SELECTOR, "#leaderboard tr")]
+        assert rows[1].startswith("1 close") and "[" in rows[1]  # a CI beside the value
+        _shot(browser, "evaluation-leaderboard")
+        browser.get(server.url + "/#/cases")
+        _wait(browser, lambda d: "missing" in d.find_element(By.TAG_NAME, "body").text)
+        _shot(browser, "evaluation-cases")

@@ -1,4 +1,5 @@
-"""What a results folder holds, read-only: a ``run``, ``batch``, ``release`` or ``compare`` folder as one catalog.
+"""What a results folder holds, read-only: a ``run``, ``batch``, ``release``, ``compare`` or ``evaluation`` folder
+as one catalog.
 
 Every kind is served through the same case table, an SQLite table ``cases`` with the columns of the batch
 store (:mod:`medhub.cohort.store`) that the dashboard shows: a batch is queried in its own ``batch.sqlite``
@@ -175,6 +176,9 @@ class Catalog:
                                          for label, n in zip(_histogram_labels(), counts, strict=True)]
         if self.kind == "compare":
             out["compare"] = {k: self.record.get(k) for k in ("sources", "reference", "pairs", "unmatched", "options")}
+        if self.kind == "evaluation":
+            out["evaluation"] = {k: self.record.get(k) for k in ("task_set", "submissions", "leaderboard",
+                                                                  "skipped_tasks", "n_resamples")}
         return out
 
 
@@ -208,6 +212,9 @@ def open_catalog(folder: str | Path) -> Catalog:
     compare_record = _json(folder / "compare.json")
     if compare_record and compare_record.get("kind") == "medhub-compare":
         return _compare_catalog(folder, compare_record)
+    evaluation_record = _json(folder / "evaluation.json")
+    if evaluation_record and evaluation_record.get("kind") == "medhub-evaluation":
+        return _evaluation_catalog(folder, evaluation_record)
     if (folder / "batch.sqlite").is_file():
         return _batch_catalog(folder)
     if (folder / "release.json").is_file() and (folder / "metadata.csv").is_file():
@@ -215,8 +222,8 @@ def open_catalog(folder: str | Path) -> Catalog:
     run_record = _json(folder / "run.json")
     if run_record and "cases" in run_record:
         return _run_catalog(folder, run_record)
-    raise InputError(folder, "not a medhub run, batch, release or compare folder (no run.json, batch.sqlite, "
-                     "release.json or compare.json)", code="not-a-results-folder")
+    raise InputError(folder, "not a medhub run, batch, release, compare or evaluation folder (no run.json, "
+                     "batch.sqlite, release.json, compare.json or evaluation.json)", code="not-a-results-folder")
 
 
 def _json(path: Path) -> dict[str, Any] | None:
@@ -344,3 +351,20 @@ def _compare_catalog(folder: Path, record: dict[str, Any]) -> Catalog:
         with (folder / "summary.csv").open(newline="", encoding="utf-8") as handle:
             summary = [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(handle)]
     return Catalog(folder=folder, kind="compare", connection=_memory_table(rows), record={**record, "summary": summary})
+
+
+def _evaluation_catalog(folder: Path, record: dict[str, Any]) -> Catalog:
+    """``medhub evaluate``'s folder: one row per submission, task and case (``cases.csv``)."""
+    rows = []
+    if (folder / "cases.csv").is_file():
+        with (folder / "cases.csv").open(newline="", encoding="utf-8") as handle:
+            for row in csv.DictReader(handle):
+                values = {k: _number(row[k]) for k in ("prediction", "truth", "dice", "nsd", "mae") if row.get(k)}
+                rows.append({"case_id": f"{row['submission']} / {row['task']} / {row['case']}",
+                             "status": row["status"], "reason_code": row["reason"] or None,
+                             "message": row["message"] or None, "patient_id": None, "series_instance_uid": None,
+                             "agatston": None, "risk_category": None, "values_json": _dumps(values),
+                             "outputs_json": _dumps({}), "warnings_json": None,
+                             "input_json": _dumps({k: row[k] for k in ("submission", "task", "case")}),
+                             "wall_s": _number(row.get("seconds") or None), "model_version": None})
+    return Catalog(folder=folder, kind="evaluation", connection=_memory_table(rows), record=record)

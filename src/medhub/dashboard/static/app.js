@@ -33,8 +33,8 @@ async function showOverview() {
   let html = `<h2>Overview: ${esc(o.kind)}</h2>
     <div class="cards"><div class="card"><div class="muted">cases</div><div class="n" id="count-total">${o.total}</div>
     </div>${statuses.join("")}</div>
-    <p>Model: <b>${esc(o.model?.id || "")}</b> ${esc(o.model?.version || "")} ${versions ? "— versions: " + versions : ""}
-    </p><h3>Failures by reason</h3>
+    ${o.model?.id ? `<p>Model: <b>${esc(o.model.id)}</b> ${esc(o.model.version || "")} ${versions ? "— versions: " +
+      versions : ""}</p>` : ""}<h3>Failures by reason</h3>
     ${failures.length ? `<table id="failures"><tr><th>reason</th><th>cases</th></tr>${failures.join("")}</table>` :
       `<p class="muted" id="failures">none</p>`}`;
   if (o.risk_categories) {
@@ -53,7 +53,25 @@ async function showOverview() {
     html += `<h3>Comparison</h3><p>Sources: ${(o.compare.sources || []).map(s => esc(s.name)).join(", ")}; reference:
       ${esc(o.compare.reference?.name || "none (pairwise)")}. <a href="#/compare">Open the compare view</a>.</p>`;
   }
+  if (o.evaluation) html += leaderboardHtml(o.evaluation);
   view.innerHTML = html;
+}
+
+function leaderboardHtml(evaluation) {
+  const rows = evaluation.leaderboard || [];
+  if (!rows.length) return "";
+  const metrics = Object.keys(rows[0]).filter(k => /^t\w+_\w+$/.test(k) && !k.endsWith("_rank") &&
+    !k.endsWith("_ci_low") && !k.endsWith("_ci_high"));
+  const ranks = Object.keys(rows[0]).filter(k => k.endsWith("_rank"));
+  const cell = (row, k) => row[k] === null || row[k] === undefined ? "–" : row[k + "_ci_low"] !== undefined &&
+    row[k + "_ci_low"] !== null ? `${row[k].toFixed(3)} <span class="muted">[${row[k + "_ci_low"].toFixed(3)}, ${
+    row[k + "_ci_high"].toFixed(3)}]</span>` : esc(row[k]);
+  return `<h3>Leaderboard (${esc(evaluation.task_set?.name || "")}; lower overall is better; 95 % bootstrap CIs,
+    ${evaluation.n_resamples} resamples)</h3><table id="leaderboard"><tr><th>#</th><th>submission</th><th>overall</th>
+    <th>tier</th>${ranks.map(k => `<th>${esc(k)}</th>`).join("")}${metrics.map(k => `<th>${esc(k)}</th>`).join("")}
+    </tr>${rows.map(r => `<tr><td>${r.position}</td><td>${esc(r.submission)}</td><td>${r.overall.toFixed(2)}</td>
+    <td>${r.tier ?? ""}</td>${ranks.map(k => `<td>${r[k].toFixed(2)}</td>`).join("")}${metrics.map(k =>
+    `<td>${cell(r, k)}</td>`).join("")}</tr>`).join("")}</table><p><a href="#/cases">Per-case table</a></p>`;
 }
 
 // ------------------------------------------------------------------------------------------------ case table
