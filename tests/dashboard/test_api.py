@@ -204,7 +204,7 @@ def test_the_cli_binds_loopback_and_says_so(run_folder):
 
 
 def test_a_folder_that_is_not_a_result_is_refused_in_one_line(tmp_path):
-    with pytest.raises(InputError, match="not a medhub run, batch, release or compare folder"):
+    with pytest.raises(InputError, match="not a medhub run, batch, release, compare or evaluation folder"):
         create_app(tmp_path)
     proc = run_cli("dashboard", str(tmp_path))
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
