@@ -97,6 +97,7 @@ def _worst_value(truth: np.ndarray, i: int) -> float:
 def score_task(task: TaskSpec, cases: Sequence[TruthCase], submission: Submission, folder: Path,
                on_case: Callable[[], None] | None = None) -> tuple[TaskScores, list[dict[str, Any]]]:
     """Run ``submission`` on every case of ``task`` (predictions kept in ``folder``) and score each case."""
+    from medhub.metrics.agreement import absolute_errors
     from medhub.metrics.segmentation import segmentation_metrics
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -138,8 +139,8 @@ def score_task(task: TaskSpec, cases: Sequence[TruthCase], submission: Submissio
                 per_case[name][i] = 0.0
         if task.label != "mask":
             row["truth"] = truth[i]
-            if "mae" in per_case:
-                per_case["mae"][i] = abs(predictions[i] - truth[i])
+        if "mae" in per_case:
+            per_case["mae"][i] = absolute_errors([predictions[i]], [truth[i]])[0]
         row.update({name: round(float(values[i]), 6) for name, values in per_case.items()})
         row["seconds"] = submission.seconds.get(f"{task.id}/{case.case_id}", "")
         rows.append(row)

@@ -74,6 +74,11 @@ def correlation(x: Sequence[float], y: Sequence[float], method: str = "pearson")
     return float(result[0]), float(result[1])
 
 
+def absolute_errors(pred: Sequence[float], ref: Sequence[float]) -> np.ndarray:
+    """``|pred - ref|`` per pair: the per-case terms of the mean absolute error (MAE)."""
+    return np.abs(np.asarray(pred, dtype=np.float64) - np.asarray(ref, dtype=np.float64))
+
+
 def pearson_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Pearson's r of each row of ``x`` with the same row of ``y`` (shape ``(rows, pairs)``), at once: for
     bootstrap resamples and permutations. NaN for a constant row."""
