@@ -262,3 +262,31 @@ def train_and_export(folder: str | Path, data: str | Path, work: str | Path, *, 
              cache=work / "cache")
     return export_model(work / "run", folder, model_id=model_id, version=version, trained_on=trained_on, card=card,
                         license=license)
+
+
+def train_on_generated_brains(folder: str | Path, description: str, *, task: str, model_id: str, version: str,
+                              first_seed: int, what: str, card: Mapping[str, Any], held_out: int = 8) -> ModelCard:
+    """The recipe of a built-in model trained on generated brains (``brain-infarct``, ``brain-age``), run from its
+    ``train.py`` with that script's command line (``--sessions``, ``--steps``, ``--checkpoint``):
+    :func:`~medhub.synth.brain.write_task_dataset` (1 mm, half thick-slice), then :func:`train_and_export` on all
+    sessions but ``held_out``, which the card's evaluation scores. ``what`` says what the generated sessions show."""
+    import argparse
+
+    from medhub.brain.finetuning import TASKS
+    from medhub.synth.brain import write_task_dataset
+
+    parser = argparse.ArgumentParser(description=description.splitlines()[0])
+    parser.add_argument("--sessions", type=int, default=48)
+    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--checkpoint", type=Path)
+    args = parser.parse_args()
+    origin = f"finetuned from {args.checkpoint.name}" if args.checkpoint else "trained from random weights"
+    with tempfile.TemporaryDirectory(prefix=f"medhub-train-{model_id}-") as work:
+        data = write_task_dataset(Path(work) / "data", task, TASKS[task].sequences, args.sessions,
+                                  first_seed=first_seed, out_of_domain=0.5)
+        return train_and_export(
+            folder, data, work, task=task, model_id=model_id, version=version, shots=args.sessions - held_out,
+            steps=args.steps, checkpoint=args.checkpoint, card=card,
+            trained_on=f"{args.sessions - held_out} GENERATED brain MRI sessions (medhub.synth.brain, seeds from "
+                       f"{first_seed}: {what}, half of them thick-slice); {origin}, {args.steps} steps on 2 CPU "
+                       "cores. No patient data.")
