@@ -70,3 +70,13 @@ def test_task_sets_load_from_yaml(tmp_path):
     assert [c.name for c in task_set.columns()] == ["t1_dice", "t1_nsd"]
     assert task_set.task("tumour").metrics[1].tolerance_mm == 1.0
     assert FOMO25.task("3").name == "brain-age" and FOMO25.task("t2").output_suffix == ".nii.gz"
+
+
+def test_per_case_metrics_aggregate_by_the_tasks_rule():
+    from medhub.challenge.evaluate import TaskScores, _metric_rows
+    from medhub.challenge.tasks import MetricSpec
+
+    scores = TaskScores(np.zeros(3), {"dice": np.array([0.0, 0.8, 0.9])})
+    rows = np.arange(3)[None]
+    assert _metric_rows(MetricSpec(name="dice"), scores, np.zeros(3), rows)[0] == pytest.approx(1.7 / 3)
+    assert _metric_rows(MetricSpec(name="dice"), scores, np.zeros(3), rows, "median")[0] == pytest.approx(0.8)

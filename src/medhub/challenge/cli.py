@@ -53,9 +53,9 @@ def leaderboard_command(
 
 
 def evaluate_command(
-    submissions: Annotated[list[str], typer.Option("--submission", "-s", help="NAME=model:ID, NAME=folder:PATH or "
-                                                   "NAME=fomo:PATH (a predict.py folder or an .sif image); "
-                                                   "repeat for each.")],
+    submissions: Annotated[list[str], typer.Option(
+        "--submission", "--submissions", "-s", help="NAME=model:ID, NAME=folder:PATH or NAME=fomo:PATH (a "
+        "predict.py folder or an .sif image), optionally ending @t1,t3; repeat for each.")],
     truth: Annotated[Path, typer.Option(help="ROOT/<task id or name>/ in the FOMO finetuning layout.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the leaderboard and tables.")],
     tasks: Annotated[str, typer.Option(help="Task set: fomo25, or a YAML file.")] = "fomo25",

@@ -78,8 +78,10 @@ class TaskScores:
     per_case: dict[str, np.ndarray] = field(default_factory=dict)  # dice, nsd, mae (absolute error)
 
 
-def _metric_rows(metric: MetricSpec, scores: TaskScores, truth: np.ndarray, index: np.ndarray) -> np.ndarray:
-    """The metric on each row of case indices ``index`` (shape ``(rows, cases)``)."""
+def _metric_rows(metric: MetricSpec, scores: TaskScores, truth: np.ndarray, index: np.ndarray,
+                 aggregation: str = "mean") -> np.ndarray:
+    """The metric on each row of case indices ``index`` (shape ``(rows, cases)``); per-case metrics are
+    aggregated over each row by ``aggregation``."""
     from medhub.metrics.agreement import pearson_rows
     from medhub.metrics.classification import auroc_rows
 
@@ -87,7 +89,8 @@ def _metric_rows(metric: MetricSpec, scores: TaskScores, truth: np.ndarray, inde
         return auroc_rows(scores.predictions[index], truth[index])
     if metric.name == "corr":
         return pearson_rows(scores.predictions[index], truth[index])
-    return scores.per_case[metric.name][index].mean(axis=1)
+    values = scores.per_case[metric.name][index]
+    return np.median(values, axis=1) if aggregation == "median" else values.mean(axis=1)
 
 
 def _worst_value(truth: np.ndarray, i: int) -> float:
@@ -200,9 +203,9 @@ def evaluate(task_set: TaskSet, submissions: Sequence[Submission], truth_root: s
             case_rows += rows
             for metric in task.metrics:
                 column = task.column(metric)
-                table[column][j] = float(_metric_rows(metric, task_scores, truth,
-                                                      np.arange(len(cases))[None])[0])
-                boot[column][:, j] = _metric_rows(metric, task_scores, truth, index)
+                table[column][j] = float(_metric_rows(metric, task_scores, truth, np.arange(len(cases))[None],
+                                                      task.aggregation)[0])
+                boot[column][:, j] = _metric_rows(metric, task_scores, truth, index, task.aggregation)
                 finite = boot[column][:, j][np.isfinite(boot[column][:, j])]
                 intervals[column][j] = ((float(np.quantile(finite, 0.025)), float(np.quantile(finite, 0.975)))
                                         if finite.size else (np.nan, np.nan))
@@ -229,20 +232,22 @@ def _permutation_test(task: TaskSpec, metric: MetricSpec, a: TaskScores, b: Task
     """Two-sided paired permutation test of ``metric(a) - metric(b)``: each case's two predictions swapped where
     ``swaps`` is true, one row per permutation."""
     everything = np.arange(truth.size)[None]
-    observed = float(_metric_rows(metric, a, truth, everything)[0] - _metric_rows(metric, b, truth, everything)[0])
+    observed = float(_metric_rows(metric, a, truth, everything, task.aggregation)[0]
+                     - _metric_rows(metric, b, truth, everything, task.aggregation)[0])
 
     def mixed(first: TaskScores, second: TaskScores) -> TaskScores:
         return TaskScores(np.where(swaps, second.predictions, first.predictions),
                           {k: np.where(swaps, second.per_case[k], v) for k, v in first.per_case.items()})
 
-    diffs = _permuted_differences(metric, mixed(a, b), mixed(b, a), truth)
+    diffs = _permuted_differences(metric, mixed(a, b), mixed(b, a), truth, task.aggregation)
     valid = diffs[np.isfinite(diffs)]
     p_value = float((1 + np.sum(np.abs(valid) >= abs(observed) - 1e-12)) / (1 + valid.size)) if valid.size else np.nan
     return {"task": task.id, "metric": metric.name, "a": name_a, "b": name_b, "difference": round(observed, 6),
             "p_value": round(p_value, 6), "permutations": int(valid.size)}
 
 
-def _permuted_differences(metric: MetricSpec, a: TaskScores, b: TaskScores, truth: np.ndarray) -> np.ndarray:
+def _permuted_differences(metric: MetricSpec, a: TaskScores, b: TaskScores, truth: np.ndarray,
+                          aggregation: str) -> np.ndarray:
     """``metric(a_row) - metric(b_row)`` for every row of the permuted predictions (rows x cases)."""
     from medhub.metrics.agreement import pearson_rows
     from medhub.metrics.classification import auroc_rows
@@ -253,7 +258,8 @@ def _permuted_differences(metric: MetricSpec, a: TaskScores, b: TaskScores, trut
     if metric.name == "corr":
         targets = np.broadcast_to(truth, a.predictions.shape)
         return pearson_rows(a.predictions, targets) - pearson_rows(b.predictions, targets)
-    return a.per_case[metric.name].mean(axis=1) - b.per_case[metric.name].mean(axis=1)
+    aggregate = np.median if aggregation == "median" else np.mean
+    return aggregate(a.per_case[metric.name], axis=1) - aggregate(b.per_case[metric.name], axis=1)
 
 
 def write_evaluation(evaluation: Evaluation, output: str | Path) -> dict[str, Path]:

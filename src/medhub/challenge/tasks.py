@@ -2,7 +2,7 @@
 
 A task names its input sequences (``swi|t2s``: either one), the kind of label a submission predicts, and the
 metrics it is scored by with their directions. Per-case metrics (Dice, NSD, absolute error) are averaged over the
-cases; set metrics (AUROC, Pearson r) are computed over all cases at once.
+cases (``aggregation``: mean, or median); set metrics (AUROC, Pearson r) are computed over all cases at once.
 """
 
 from __future__ import annotations
@@ -53,6 +53,9 @@ class TaskSpec(Strict):
     sequences: list[str] = Field(description="Input sequences in order; 'swi|t2s' means either.")
     label: Literal["binary", "value", "mask"]
     metrics: list[MetricSpec]
+    aggregation: Literal["mean", "median"] = Field(
+        "mean", description="How per-case metrics (Dice, NSD, absolute error) become the task's value; AUROC and "
+        "Pearson r are computed over all cases.")
     weight: float = Field(1.0, gt=0, description="Weight of the task rank in the overall score.")
 
     def column(self, metric: MetricSpec) -> str:
