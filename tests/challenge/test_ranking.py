@@ -80,3 +80,15 @@ def test_per_case_metrics_aggregate_by_the_tasks_rule():
     rows = np.arange(3)[None]
     assert _metric_rows(MetricSpec(name="dice"), scores, np.zeros(3), rows)[0] == pytest.approx(1.7 / 3)
     assert _metric_rows(MetricSpec(name="dice"), scores, np.zeros(3), rows, "median")[0] == pytest.approx(0.8)
+
+
+def test_a_published_style_table_reads_names_plus_minus_and_percent_cells(tmp_path):
+    table = tmp_path / "published.csv"
+    table.write_text("Team,t1_auroc,t2_dice,t2_nsd,t3_mae,t3_corr\nX,0.80 ± 0.03,55.0%,60%,6.1,0.8\n"
+                     "Y,0.85 ± 0.02,50.0%,65%,5.9,0.9\nZ,–,–,–,7.0,0.7\n")
+    rows = rank_metric_table(table, FOMO25)
+    assert [r["submission"] for r in rows] == ["Y", "X", "Z"]
+    assert rows[0]["t1_auroc"] == 0.85 and rows[2]["t1_rank"] == 4.0
+    unnamed = tmp_path / "unnamed.csv"
+    unnamed.write_text("entry,t1_auroc,t2_dice,t2_nsd,t3_mae,t3_corr\nA,0.8,0.5,0.6,6,0.8\n")
+    assert rank_metric_table(unnamed, FOMO25)[0]["submission"] == "A"

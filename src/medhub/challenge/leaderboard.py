@@ -1,8 +1,10 @@
 """Leaderboards: a metric table ranked (:mod:`medhub.challenge.ranking`), written as CSV, Markdown and HTML.
 
-A metric table CSV has a first column naming the submission (``submission``, ``team`` or ``name``) and one column
-per task metric, named ``<task id>_<metric>`` (``t1_auroc, t2_dice, t2_nsd, t3_mae, t3_corr`` for FOMO25). An
-empty cell, ``nan`` or ``-`` is a missing value (the submission did not take part in that task).
+A metric table CSV has a column naming the submission (``submission``, ``team``, ``name``, ``method``, ``model`` or
+``participant``, in any case; else its first column that is not a metric) and one column per task metric, named
+``<task id>_<metric>`` (``t1_auroc, t2_dice, t2_nsd, t3_mae, t3_corr`` for FOMO25). A cell's value is its first
+number (``0.85 ± 0.02`` reads 0.85; a unit such as ``%`` does not change ranks); an empty cell, ``nan`` or ``-`` is
+a missing value (the submission did not take part in that task).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import csv
 import html
 import math
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,7 +25,8 @@ from medhub.errors import InputError
 from medhub.io import records
 from medhub.io.files import write_text_atomic
 
-NAME_COLUMNS = ("submission", "team", "name")
+NAME_COLUMNS = ("submission", "team", "name", "method", "model", "participant")
+_NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
 
 
 def read_metric_table(path: str | Path, task_set: TaskSet) -> tuple[list[str], dict[str, list[float]]]:
@@ -36,11 +40,12 @@ def read_metric_table(path: str | Path, task_set: TaskSet) -> tuple[list[str], d
     if not rows:
         raise InputError(path, "the metric table has no rows", code="no-input")
     header = [h.strip() for h in rows[0]]
-    name_column = next((h for h in rows[0] if h.strip().lower() in NAME_COLUMNS), None)
-    if name_column is None:
-        raise InputError(path, f"no submission column (one of {', '.join(NAME_COLUMNS)}) in {header}",
-                         code="bad-input")
     wanted = [c.name for c in task_set.columns()]
+    name_column = next((h for h in rows[0] if h.strip().lower() in NAME_COLUMNS), None) or \
+        next((h for h in rows[0] if h.strip() not in wanted), None)
+    if name_column is None:
+        raise InputError(path, f"no column naming the submissions (e.g. {', '.join(NAME_COLUMNS)}) in {header}",
+                         code="bad-input")
     missing = [c for c in wanted if c not in header]
     if missing:
         raise InputError(path, f"columns {', '.join(missing)} missing (a {task_set.name} table has "
@@ -50,10 +55,13 @@ def read_metric_table(path: str | Path, task_set: TaskSet) -> tuple[list[str], d
     for line, row in enumerate(rows, start=2):
         for c in wanted:
             text = (row[keys[c]] or "").strip()
-            try:
-                table[c].append(math.nan if text.lower() in ("", "nan", "-", "na") else float(text))
-            except ValueError as e:
-                raise InputError(path, f"line {line}, column {c}: {text!r} is not a number", code="bad-input") from e
+            number = _NUMBER.search(text)
+            if text.lower() in ("", "nan", "-", "–", "na", "n/a"):
+                table[c].append(math.nan)
+            elif number is None:
+                raise InputError(path, f"line {line}, column {c}: {text!r} is not a number", code="bad-input")
+            else:
+                table[c].append(float(number.group()))
     return [row[name_column].strip() for row in rows], table
 
 
