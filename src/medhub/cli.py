@@ -24,6 +24,7 @@ from medhub.cohort.cli import batch_command, release_command
 from medhub.compare.cli import compare_command
 from medhub.dashboard.cli import dashboard_command
 from medhub.errors import MedhubError
+from medhub.survival.cli import survival_command
 
 app = typer.Typer(
     name="medhub",
@@ -43,6 +44,7 @@ app.command("export-model")(export_model_command)
 app.command("evaluate")(evaluate_command)
 app.command("leaderboard")(leaderboard_command)
 app.command("export-fomo")(export_fomo_command)
+app.command("survival")(survival_command)
 console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
 _state = {"debug": False}

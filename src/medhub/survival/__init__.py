@@ -1,0 +1,1 @@
+"""Survival analytics (lifelines): Cox models, Kaplan–Meier groups, concordance, added value; `medhub survival`."""
