@@ -17,12 +17,12 @@ from medhub.brain.finetuning import (
     evaluate,
     finetune,
     load_finetuned,
-    load_pretrained,
     select_shots,
 )
 from medhub.brain.layout import find_sessions
 from medhub.brain.pretraining import pretrain
 from medhub.hub.card import load_card, sha256_file
+from medhub.learn.checkpoints import load_pretrained
 from medhub.learn.trainer import TrainingConfig
 from medhub.learn.unet3d import preset
 from medhub.synth.brain import make_brain, write_session, write_task_dataset

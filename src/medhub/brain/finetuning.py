@@ -32,6 +32,7 @@ from torch import nn
 from medhub.brain.cache import CachedSession, cache_sessions
 from medhub.brain.layout import find_sessions
 from medhub.errors import InputError
+from medhub.learn.checkpoints import load_pretrained
 from medhub.learn.trainer import Trainer, TrainingConfig
 from medhub.learn.unet3d import Decoder, Encoder, PooledHead, UNet3DConfig, pad_to_multiple
 from medhub.masks import block_mean
@@ -79,31 +80,6 @@ class TaskNet(nn.Module):
         if self.task.kind == "segmentation":
             return self.head(self.decoder(features))
         return self.head(features)
-
-
-def load_pretrained(net: TaskNet, checkpoint: Path) -> dict[str, Any]:
-    """Copy the encoder (and decoder, when the task has one) from a pretraining checkpoint into ``net``; inflate the
-    first convolution to the task's channels. Returns the checkpoint's sidecar."""
-    from safetensors.torch import load_file
-
-    sidecar = json.loads(checkpoint.with_suffix(".json").read_text())
-    weights = load_file(str(checkpoint))
-    own = net.state_dict()
-    first = "encoder.blocks.0.0.weight"
-    loaded = 0
-    for key, value in weights.items():
-        if key in own and (key.startswith("encoder.") or (key.startswith("decoder.") and hasattr(net, "decoder"))):
-            if key == first and value.shape[1] != own[key].shape[1]:
-                value = value.repeat(1, own[key].shape[1], 1, 1, 1) / own[key].shape[1]
-            if value.shape != own[key].shape:
-                raise InputError(checkpoint, f"{key}: checkpoint shape {tuple(value.shape)} does not fit "
-                                 f"{tuple(own[key].shape)}", code="checkpoint-mismatch")
-            own[key] = value
-            loaded += 1
-    if loaded == 0:
-        raise InputError(checkpoint, "holds no encoder weights", code="checkpoint-mismatch")
-    net.load_state_dict(own)
-    return sidecar
 
 
 def load_finetuned(folder: str | Path) -> tuple[TaskNet, FinetuneConfig]:

@@ -13,7 +13,6 @@ on the input grid of the session's first sequence through :meth:`Preprocessing.t
 from __future__ import annotations
 
 import json
-import shutil
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -21,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from medhub.errors import InputError, ModelError
-from medhub.hub.card import ModelCard, sha256_file
+from medhub.hub.card import ModelCard
+from medhub.hub.export import package_model, read_finetuned_sidecar
 from medhub.hub.model import FolderModel, ModelInput, Prediction
 from medhub.io.orientation import ras_view
 
@@ -155,18 +154,6 @@ class BrainTaskModel(FolderModel):
         return Prediction(values={values[0]: round(float(output), 1)}, extra=extra)
 
 
-def is_exported_folder(path: str | Path) -> bool:
-    """Whether ``path`` is a folder made by :func:`export_model` (a card and a finetuned checkpoint)."""
-    path = Path(path)
-    sidecar = path / "weights" / "checkpoint.json"
-    if not ((path / "card.yaml").is_file() and sidecar.is_file()):
-        return False
-    try:
-        return json.loads(sidecar.read_text()).get("kind") == "medhub-finetuning"
-    except (OSError, ValueError):
-        return False
-
-
 def export_model(finetuned: str | Path, output: str | Path, *, model_id: str, version: str = "0.1.0",
                  name: str | None = None, trained_on: str | None = None, card: Mapping[str, Any] | None = None,
                  license: str = "Apache-2.0") -> ModelCard:
@@ -176,11 +163,7 @@ def export_model(finetuned: str | Path, output: str | Path, *, model_id: str, ve
     ``trained_on`` states the training data (default: the sessions listed in the checkpoint); ``card`` overrides
     any card field (e.g. ``description``, ``limitations``, ``evaluation``, ``reference``). Returns the card."""
     finetuned, output = Path(finetuned), Path(output)
-    sidecar_path = finetuned / "checkpoint.json"
-    if not sidecar_path.is_file() or not (finetuned / "checkpoint.safetensors").is_file():
-        raise InputError(finetuned, "not a `medhub finetune` output (no checkpoint.safetensors / .json)",
-                         code="no-input")
-    sidecar = json.loads(sidecar_path.read_text())
+    sidecar = read_finetuned_sidecar(finetuned)
     task = sidecar["task"]
     template = OUTPUTS[task["name"]]
     results_path = finetuned / "finetuned.json"
@@ -191,56 +174,26 @@ def export_model(finetuned: str | Path, output: str | Path, *, model_id: str, ve
               if pretraining else "trained from random weights")
     trained_on = trained_on or (f"{len(sidecar['train_sessions'])} session(s): "
                                 f"{', '.join(sidecar['train_sessions'])}")
-    output.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=output))
-    try:
-        (staging / "weights").mkdir()
-        weights = []
-        shutil.copy2(finetuned / "checkpoint.safetensors", staging / "weights" / "checkpoint.safetensors")
-        # the per-step loss history stays with the training run; the model keeps its settings and final loss
-        history = sidecar.pop("loss_history", None) or [None]
-        sidecar["final_loss"] = history[-1]
-        (staging / "weights" / "checkpoint.json").write_text(json.dumps(sidecar, indent=1) + "\n")
-        for file, purpose in (("checkpoint.safetensors", "network weights"),
-                              ("checkpoint.json", "network, task and preprocessing settings")):
-            weights.append({"file": f"weights/{file}", "sha256": sha256_file(staging / "weights" / file),
-                            "size_bytes": (staging / "weights" / file).stat().st_size, "license": license,
-                            "trained_on": trained_on, "purpose": purpose})
-        sequences = [{"name": s, "series_description": SERIES_RULES.get(s, [s])} for s in task["sequences"]]
-        data: dict[str, Any] = {
-            "id": model_id, "name": name or model_id, "version": version, "title": template.title,
-            "description": f"A {sidecar['network'].get('base_channels')}-filter 3D U-Net ({task['kind']}, "
-                           f"{origin}) on the sequences {', '.join(task['sequences'])}, preprocessed as in "
-                           "training (RAS, foreground crop, z-normalization, 1 mm).",
-            "task": task["kind"],
-            "inputs": {"modality": "MR", "body_part": "BRAIN", "sequences": sequences,
-                       "spacing_mm": {"in_plane_min": 0.3, "in_plane_max": 3.0, "slice_min": 0.3, "slice_max": 8.0},
-                       "min_slices": 8},
-            "outputs": {"segments": list(template.segments), "values": list(template.values)},
-            "weights": weights[0], "extra_weights": weights[1:], "needs_weights": True,
-            "training_data": trained_on,
-            "evaluation": f"Held out after finetuning: {json.dumps(evaluation)}" if evaluation else "",
-            "intended_use": "Research: brain MRI analysis. Not for clinical diagnosis.",
-            "limitations": "Trained on few sessions; see training_data.",
-            "license": license, "authors": ["medhub contributors"],
-            "resources": {"device": "cpu-or-gpu", "memory_gib": 4.0},
-            **dict(card or {}),
-        }
-        model_card = ModelCard.model_validate(data)
-        (staging / "card.yaml").write_text(yaml.safe_dump(model_card.model_dump(mode="json", exclude_none=True),
-                                                          sort_keys=False, width=110, allow_unicode=True))
-        if not (output / "README.md").exists():
-            (output / "README.md").write_text(f"# {model_id}\n\n{model_card.title}.\n\nExported by `medhub "
-                                              f"export-model` from `{finetuned}`.\n\nTraining data: {trained_on}\n")
-        # the weights folder is swapped whole, then the card replaced: a reader never sees half a checkpoint
-        old = staging / "old-weights"
-        if (output / "weights").exists():
-            (output / "weights").rename(old)
-        (staging / "weights").rename(output / "weights")
-        (staging / "card.yaml").replace(output / "card.yaml")
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return model_card
+    sequences = [{"name": s, "series_description": SERIES_RULES.get(s, [s])} for s in task["sequences"]]
+    data: dict[str, Any] = {
+        "id": model_id, "name": name or model_id, "version": version, "title": template.title,
+        "description": f"A {sidecar['network'].get('base_channels')}-filter 3D U-Net ({task['kind']}, "
+                       f"{origin}) on the sequences {', '.join(task['sequences'])}, preprocessed as in "
+                       "training (RAS, foreground crop, z-normalization, 1 mm).",
+        "task": task["kind"],
+        "inputs": {"modality": "MR", "body_part": "BRAIN", "sequences": sequences,
+                   "spacing_mm": {"in_plane_min": 0.3, "in_plane_max": 3.0, "slice_min": 0.3, "slice_max": 8.0},
+                   "min_slices": 8},
+        "outputs": {"segments": list(template.segments), "values": list(template.values)},
+        "training_data": trained_on,
+        "evaluation": f"Held out after finetuning: {json.dumps(evaluation)}" if evaluation else "",
+        "intended_use": "Research: brain MRI analysis. Not for clinical diagnosis.",
+        "limitations": "Trained on few sessions; see training_data.",
+        "license": license, "authors": ["medhub contributors"],
+        "resources": {"device": "cpu-or-gpu", "memory_gib": 4.0},
+        **dict(card or {}),
+    }
+    return package_model(finetuned, output, data, trained_on=trained_on, license=license)
 
 
 def train_and_export(folder: str | Path, data: str | Path, work: str | Path, *, task: str, model_id: str,

@@ -23,6 +23,7 @@ Design choices, stated once:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -139,6 +140,16 @@ class Encoder(nn.Module):
     def out_channels(self) -> list[int]:
         return self.config.channels()
 
+    @property
+    def feature_dim(self) -> int:
+        """Length of :meth:`pooled`'s vectors: the bottleneck's channels."""
+        return self.config.channels()[-1]
+
+    @staticmethod
+    def pooled(features: list[torch.Tensor]) -> torch.Tensor:
+        """One vector per sample: the bottleneck averaged over space, ``(N, channels)``."""
+        return features[-1].mean(dim=tuple(range(2, features[-1].ndim)))
+
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         features: list[torch.Tensor] = []
         for i, block in enumerate(self.blocks):
@@ -214,16 +225,19 @@ class UNet3D(nn.Module):
 
 
 class PooledHead(nn.Module):
-    """Classification or regression from an :class:`Encoder`'s output: the bottleneck (its last level) averaged over
-    space, dropout, then a linear layer to ``out_features`` logits or values."""
+    """Classification or regression from an encoder's output: its ``pooled`` vector (by default an
+    :class:`Encoder`'s bottleneck averaged over space; a ViT passes its mean token), dropout, then a linear layer to
+    ``out_features`` logits or values."""
 
-    def __init__(self, in_channels: int, out_features: int, dropout: float = 0.0) -> None:
+    def __init__(self, in_channels: int, out_features: int, dropout: float = 0.0,
+                 pooled: Callable[[Any], torch.Tensor] = Encoder.pooled) -> None:
         super().__init__()
+        self.pooled = pooled
         self.dropout = nn.Dropout(dropout)
         self.linear = nn.Linear(in_channels, out_features)
 
-    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
-        return self.linear(self.dropout(features[-1].mean(dim=(2, 3, 4))))
+    def forward(self, features: Any) -> torch.Tensor:
+        return self.linear(self.dropout(self.pooled(features)))
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int, value: float = 0.0) -> tuple[torch.Tensor, tuple[int, ...]]:
