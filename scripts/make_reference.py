@@ -3,12 +3,13 @@
 The CT models' reference input is a real LIDC-IDRI chest CT (TCIA, CC BY 3.0) as resampled to 3 mm by DeepCAC,
 taken from ../shared/data and written as a JPEG 2000 lossless DICOM CT series inside the model's folder. The brain
 models' is a generated session (medhub.synth.brain, 2 mm; real BraTS scans may not be redistributed) written as a
-DICOM MR study, one JPEG 2000 lossless series per sequence, named as a scanner would. The expected outputs
+DICOM MR study, one JPEG 2000 lossless series per sequence, named as a scanner would. The face models' is
+scikit-image's bundled astronaut photograph (NASA, public domain) as a JPEG. The expected outputs
 are the SEG and values that the current model version produces on it; `medhub verify` then checks that a fresh
 install reproduces them within the model's `reference/tolerances.yaml`.
 
 Run from the repository root: `python scripts/make_reference.py lung-ct` (or `cac`, `brain-tumor`, `brain-infarct`,
-`brain-age`).
+`brain-age`, `face-age`).
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ SOURCES = {"lung-ct": "0187", "cac": "0987"}
 BRAINS = {"brain-tumor": {"seed": 7001, "mass": True, "infarct": False},
           "brain-infarct": {"seed": 7002, "mass": False, "infarct": True},
           "brain-age": {"seed": 7003, "mass": False, "infarct": False, "age": 71.0}}
+#: photo model ids (reference input: scikit-image's astronaut).
+PHOTOS = ("face-age",)
 
 
 def _write_lidc_input(model_id: str, input_dir: Path) -> None:
@@ -58,18 +61,29 @@ def _write_brain_input(model_id: str, input_dir: Path, sequences: list[str]) -> 
                         patient_id=f"MEDHUB-SYNTH-{model_id.upper()}")
 
 
+def _write_photo_input(input_dir: Path) -> None:
+    from PIL import Image
+    from skimage import data
+
+    input_dir.mkdir(parents=True)
+    Image.fromarray(data.astronaut()).save(input_dir / "astronaut.jpg", quality=92)
+
+
 def build_reference(model_id: str) -> dict:
     model = get_model(model_id)
     reference = Path(model.folder) / "reference"
     input_dir, expected_dir = reference / "input", reference / "expected"
     for folder in (input_dir, expected_dir):
         shutil.rmtree(folder, ignore_errors=True)
-    if model_id in BRAINS:
+    if model_id in PHOTOS:
+        _write_photo_input(input_dir)
+    elif model_id in BRAINS:
         _write_brain_input(model_id, input_dir, [s.name for s in model.card.inputs.sequences])
     else:
         _write_lidc_input(model_id, input_dir)
     with tempfile.TemporaryDirectory() as tmp:
-        result = run(model, input_dir, tmp, outputs=("seg", "json")).results[0]
+        outputs = ("json",) if model_id in PHOTOS else ("seg", "json")
+        result = run(model, input_dir, tmp, outputs=outputs).results[0]
         if not result.ok:
             raise SystemExit(f"{model_id} failed on its reference input: {result.message}")
         expected_dir.mkdir(parents=True)
@@ -82,7 +96,7 @@ def build_reference(model_id: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("model", choices=sorted({*SOURCES, *BRAINS}))
+    parser.add_argument("model", choices=sorted({*SOURCES, *BRAINS, *PHOTOS}))
     args = parser.parse_args()
     print(f"{args.model} reference: {build_reference(args.model)}")
 

@@ -17,13 +17,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from medhub import __version__
-from medhub.brain.cli import export_model_command, finetune_command, pretrain_command
 from medhub.cac.cli import cac_app
 from medhub.challenge.cli import evaluate_command, export_fomo_command, leaderboard_command
 from medhub.cohort.cli import batch_command, release_command
 from medhub.compare.cli import compare_command
 from medhub.dashboard.cli import dashboard_command
 from medhub.errors import MedhubError
+from medhub.face.cli import robustness_command
+from medhub.learn.cli import export_model_command, finetune_command, pretrain_command
 from medhub.survival.cli import survival_command
 
 app = typer.Typer(
@@ -45,6 +46,7 @@ app.command("evaluate")(evaluate_command)
 app.command("leaderboard")(leaderboard_command)
 app.command("export-fomo")(export_fomo_command)
 app.command("survival")(survival_command)
+app.command("robustness")(robustness_command)
 console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
 _state = {"debug": False}
@@ -148,12 +150,29 @@ def _print_report(report) -> None:
 def run_command(
     model: Annotated[str, typer.Argument(help="Model id (e.g. lung-ct), or a folder made by `medhub export-model`.")],
     input: Annotated[Path, typer.Option("--input", "-i", help="DICOM folder/file, NIfTI/NRRD/MHA file, "
-                                        "or a folder of sessions.")],
+                                        "a folder of sessions, or photos (JPEG/PNG) for a photo model.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Output folder.")],
     outputs: Annotated[str, typer.Option(help="Comma-separated: seg,sr,nifti,json,png.")] = "seg,sr,nifti,json,png",
     labelmap: Annotated[bool, typer.Option(help="Write a LABELMAP SEG instead of BINARY.")] = False,
+    saliency: Annotated[bool, typer.Option("--saliency", help="Photo models: write a saliency overlay "
+                                           "(saliency.png) per photo.")] = False,
+    saliency_method: Annotated[str, typer.Option(help="integrated-gradients or grad-cam (with --saliency).")
+                               ] = "integrated-gradients",
 ) -> None:
     """Run MODEL on every case under INPUT and write OUTPUT/<case-id>/."""
+    if saliency:
+        from medhub.hub.registry import get_model
+
+        instance = get_model(model)
+        if not hasattr(instance, "saliency"):
+            raise MedhubError(model, "this model has no saliency maps (--saliency is for photo models)",
+                              code="bad-option")
+        from medhub.face.saliency import SALIENCY_METHODS
+
+        if saliency_method not in SALIENCY_METHODS:
+            raise MedhubError(None, f"--saliency-method {saliency_method}: choose from "
+                              f"{', '.join(SALIENCY_METHODS)}", code="bad-option")
+        instance.saliency = saliency_method
     report = _run_with_progress(model, input, output, _parse_outputs(outputs), labelmap)
     _print_report(report)
     if report.failed:

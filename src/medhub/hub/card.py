@@ -77,6 +77,9 @@ class InputSpec(Strict):
     """What a model accepts. The runner refuses any case that does not match, with the reason."""
 
     modality: Literal["CT", "MR", "PT", "CR", "DX", "XC", "OT"]
+    kind: Literal["volume", "photo"] = Field(
+        "volume", description="volume: DICOM series, volume files or sessions of them; photo: JPEG/PNG photographs "
+        "(modality XC), one case per file.")
     body_part: str
     sequences: list[SequenceSpec] = Field(
         default_factory=list, description="Named inputs of a multi-sequence model, in order (the first present is "
@@ -161,6 +164,9 @@ class ModelCard(Strict):
     )
     needs_weights: bool = Field(
         False, description="True when the model cannot run without trained weights."
+    )
+    how_to_train: str = Field(
+        "", description="For a model shipped without weights: the commands that train them (shown when it refuses)."
     )
     extra_weights: list[Weights] = Field(
         default_factory=list, description="Further weights files the model loads (e.g. a second network), each "

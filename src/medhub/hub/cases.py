@@ -14,6 +14,7 @@ from medhub.errors import InputError
 from medhub.hub.card import SequenceSpec
 from medhub.io.dicom import DicomSeries, scan_dicom
 from medhub.io.nifti import is_volume_file, read_volume
+from medhub.io.photo import Photo, is_photo
 from medhub.io.tree import FileTree
 from medhub.io.volume import Volume
 
@@ -33,6 +34,7 @@ class Case:
     series: DicomSeries | None = None
     inputs: dict[str, Case] = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)
+    photo: bool = False
 
     @property
     def is_session(self) -> bool:
@@ -50,6 +52,11 @@ class Case:
     def modality(self) -> str | None:
         return (self.series.modality or None) if self.series is not None else None
 
+    def load_photo(self) -> Photo:
+        from medhub.io.photo import read_photo
+
+        return Photo(read_photo(self.path), self.path.name)
+
     def load(self, workers: int | None = None) -> Volume:
         if self.series is not None:
             return self.series.load(workers=workers)
@@ -61,6 +68,10 @@ class Case:
             return {"kind": "session", "path": os.path.abspath(self.path),
                     "inputs": {name: case.input_record() for name, case in self.inputs.items()},
                     "missing": list(self.missing)}
+        if self.photo:
+            from medhub.hub.card import sha256_file
+
+            return {"kind": "photo", "path": os.path.abspath(self.path), "sha256": sha256_file(self.path)}
         if self.series is None:
             return {"kind": "volume-file", "path": os.path.abspath(self.path)}
         headers = self.series.headers
@@ -139,10 +150,33 @@ def discover_cases(path: str | Path, progress: Callable[[int, int], None] | None
 
 
 def discover_inputs(path: str | Path, sequences: list[SequenceSpec],
-                    progress: Callable[[int, int], None] | None = None) -> Discovery:
-    """The cases of a model: :func:`discover_cases` for a model of one volume, :func:`discover_sessions` for a
-    model that declares named sequences."""
+                    progress: Callable[[int, int], None] | None = None, *, kind: str = "volume") -> Discovery:
+    """The cases of a model: :func:`discover_photos` for a model of photos (``kind="photo"``),
+    :func:`discover_sessions` for a model that declares named sequences, :func:`discover_cases` otherwise."""
+    if kind == "photo":
+        return discover_photos(path)
     return discover_sessions(path, sequences, progress) if sequences else discover_cases(path, progress)
+
+
+def discover_photos(path: str | Path) -> Discovery:
+    """Every JPEG or PNG photo under ``path`` (or ``path`` itself), one case each, named by its relative path
+    without the suffix. Other files are counted and skipped."""
+    from medhub.io.tree import walk_files
+
+    root = Path(path)
+    if not root.exists():
+        raise InputError(root, "input not found", code="not-found")
+    if root.is_file():
+        if not is_photo(root):
+            raise InputError(root, "not a JPEG or PNG photo", code="no-input")
+        return Discovery(cases=[Case(id=_slug(root.stem), path=root, photo=True)])
+    tree = walk_files(root)
+    photos = sorted(p for p in tree.files if is_photo(p))
+    cases = [Case(id=_slug(str(p.relative_to(root).with_suffix(""))), path=p, photo=True) for p in photos]
+    if not cases:
+        raise InputError(root, f"no JPEG or PNG photos ({len(tree.files)} other files)", code="no-input")
+    return Discovery(cases=cases, non_dicom_files=len(tree.files) - len(photos), warnings=tree.summary(),
+                     tree=tree)
 
 
 def discover_sessions(path: str | Path, sequences: list[SequenceSpec],

@@ -4,8 +4,8 @@ A model is an object with a ``card`` (:class:`~medhub.hub.card.ModelCard`) and a
 :class:`Prediction`. It takes what the card declares: a :class:`~medhub.io.volume.Volume` for a model of one
 volume (no ``inputs.sequences``), or, for a model of named sequences, a mapping from each sequence name found to
 its volume, in the card's order and all on the first one's grid (the runner finds the sequences of a session and
-refuses a session that lacks a required one). Models never open files: the runner reads inputs and writes
-outputs.
+refuses a session that lacks a required one), or a :class:`~medhub.io.photo.Photo` for a model of photographs
+(``inputs.kind: photo``). Models never open files: the runner reads inputs and writes outputs.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from medhub.hub.card import ModelCard, load_card
+from medhub.io.photo import Photo
 from medhub.io.volume import Volume
 
 
@@ -46,6 +47,12 @@ class Prediction:
         Model-specific details to keep in the JSON record (must be JSON-serialisable).
     tables:
         Per-case tables by name; the runner writes each as ``<name>.csv`` beside ``results.json``.
+    images:
+        Per-case pictures by name, ``(H, W, 3)`` uint8 RGB (e.g. the face crop, a saliency overlay); the runner
+        writes each as ``<name>.png`` when PNG output is wanted.
+    columns:
+        Per-case details that are not coded outputs (e.g. the face box in pixels); they go into ``results.json``
+        and as columns into ``results.csv``.
     """
 
     labels: np.ndarray | None = None
@@ -53,10 +60,12 @@ class Prediction:
     warnings: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
     tables: dict[str, Table] = field(default_factory=dict)
+    images: dict[str, np.ndarray] = field(default_factory=dict)
+    columns: dict[str, float | str] = field(default_factory=dict)
 
 
-#: What ``predict`` receives: one volume, or the volumes of a session by sequence name.
-ModelInput = Volume | Mapping[str, Volume]
+#: What ``predict`` receives: one volume, the volumes of a session by sequence name, or a photo.
+ModelInput = Volume | Mapping[str, Volume] | Photo
 
 
 @runtime_checkable

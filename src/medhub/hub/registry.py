@@ -34,6 +34,8 @@ BUILTIN_MODELS: dict[str, str] = {
     "brain-tumor": "medhub.models.brain_tumor:BrainTumor",
     "brain-infarct": "medhub.models.brain_infarct:BrainInfarct",
     "brain-age": "medhub.models.brain_age:BrainAge",
+    "face-age": "medhub.models.face_age:FaceAge",
+    "face-survival": "medhub.models.face_survival:FaceSurvival",
 }
 
 
@@ -69,11 +71,18 @@ def get_model(model_id: str) -> Model:
     """Instantiate a model by id (built-ins win over a third-party package that reuses their id), or from a folder
     made by ``medhub export-model``."""
     if model_id not in BUILTIN_MODELS and Path(model_id).is_dir():
-        from medhub.brain.hub import BrainTaskModel, is_exported_folder
+        from medhub.hub.export import exported_modality
 
-        if not is_exported_folder(model_id):
+        modality = exported_modality(model_id)
+        if modality is None:
             raise ModelError(model_id, "not a model folder (no card.yaml with a finetuned checkpoint in weights/)",
                              code="unknown-model")
+        if modality == "photo":
+            from medhub.face.hub import FacePhotoModel
+
+            return FacePhotoModel(model_id)
+        from medhub.brain.hub import BrainTaskModel
+
         return BrainTaskModel(model_id)
     if model_id in BUILTIN_MODELS:
         factory = _load_target(BUILTIN_MODELS[model_id])

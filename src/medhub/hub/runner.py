@@ -44,6 +44,7 @@ class CaseResult:
     message: str | None = None
     timings_s: dict[str, float] = field(default_factory=dict)
     peak_rss_mib: float | None = None
+    columns: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -74,8 +75,9 @@ def check_model_runnable(model: Model) -> str | None:
     ``extra_weights``) are missing or differ from the card's sha256; return the main weights' sha256."""
     card = model.card
     if card.weights is None and card.needs_weights:
+        how = f" To train it: {card.how_to_train}" if card.how_to_train else ""
         raise ModelError(card.id, "this model has no trained weights (see `medhub info "
-                         f"{card.id}`); it refuses to run rather than make up outputs", code="no-weights")
+                         f"{card.id}`); it refuses to run rather than make up outputs.{how}", code="no-weights")
     for weights in ([card.weights] if card.weights else []) + list(card.extra_weights):
         path = _weights_file(model, weights)
         if not path.exists():
@@ -193,6 +195,25 @@ def _write_case_outputs(
     return written, notes
 
 
+def _write_photo_outputs(staging: Path, prediction: Prediction, outputs: set[str]
+                         ) -> tuple[dict[str, str], list[str]]:
+    """A photo's pictures (``<name>.png``); DICOM SEG/SR and NIfTI have no source to refer to."""
+    from medhub.io.files import write_bytes_atomic
+
+    written: dict[str, str] = {}
+    if "png" in outputs:
+        import io
+
+        from PIL import Image
+
+        for name, picture in prediction.images.items():
+            buffer = io.BytesIO()
+            Image.fromarray(np.ascontiguousarray(picture, dtype=np.uint8)).save(buffer, format="PNG")
+            write_bytes_atomic(staging / f"{name}.png", buffer.getvalue())
+            written[name] = f"{name}.png"
+    return written, []  # SEG/SR/NIfTI need a DICOM or volume source: a photo gets JSON, CSV and PNG
+
+
 def _publish(staging: Path, target: Path) -> None:
     """Move a finished case folder into place, replacing an older result for the same case."""
     if target.exists():
@@ -216,15 +237,20 @@ def run_case(
     try:
         t = time.perf_counter()
         check_case(model.card, case)
-        inputs = load_session(model.card, case, workers) if case.is_session else None
-        # a session's outputs are on its first declared sequence's grid
-        volume = next(iter(inputs.values())) if inputs else case.load(workers=workers)
-        result.warnings.extend(check_volume(model.card, case, volume))
+        volume: Volume | None = None
+        if case.photo:
+            model_input: Any = case.load_photo()
+        else:
+            inputs = load_session(model.card, case, workers) if case.is_session else None
+            # a session's outputs are on its first declared sequence's grid
+            volume = next(iter(inputs.values())) if inputs else case.load(workers=workers)
+            result.warnings.extend(check_volume(model.card, case, volume))
+            model_input = inputs if inputs is not None else volume
         timings["load"] = round(time.perf_counter() - t, 3)
 
         t = time.perf_counter()
         try:
-            prediction = model.predict(inputs if inputs is not None else volume)
+            prediction = model.predict(model_input)
         except MedhubError as e:
             # Models do not know file names; name the case in their refusals.
             if e.where is None:
@@ -232,11 +258,15 @@ def run_case(
             raise
         timings["predict"] = round(time.perf_counter() - t, 3)
         result.values = dict(prediction.values)
+        result.columns = dict(prediction.columns)
         result.warnings.extend(prediction.warnings)
 
         t = time.perf_counter()
         staging = make_staging_dir(output, case.id)
-        written, notes = _write_case_outputs(staging, model, case, volume, prediction, wanted, labelmap)
+        if volume is not None:
+            written, notes = _write_case_outputs(staging, model, case, volume, prediction, wanted, labelmap)
+        else:
+            written, notes = _write_photo_outputs(staging, prediction, wanted)
         result.warnings.extend(notes)
         result.outputs = {kind: str(output / case.id / name) for kind, name in written.items()}
         result.status = "ok"
@@ -268,7 +298,8 @@ def run_case(
 def case_record(r: CaseResult) -> dict[str, Any]:
     return {
         "case_id": r.case_id, "status": r.status, "reason_code": r.reason_code, "message": r.message,
-        "input": r.input, "outputs": r.outputs, "values": r.values, "warnings": r.warnings,
+        "input": r.input, "outputs": r.outputs, "values": r.values, **({"columns": r.columns} if r.columns else {}),
+        "warnings": r.warnings,
         "timings_s": r.timings_s, "peak_rss_mib": r.peak_rss_mib,
     }
 
@@ -276,7 +307,8 @@ def case_record(r: CaseResult) -> dict[str, Any]:
 def _csv_row(r: CaseResult) -> dict[str, Any]:
     return {
         "case_id": r.case_id, "status": r.status, "reason_code": r.reason_code or "",
-        "series_instance_uid": r.input.get("series_instance_uid", ""), **r.values,
+        **({"image": r.input["path"]} if r.input.get("kind") == "photo" else
+           {"series_instance_uid": r.input.get("series_instance_uid", "")}), **r.values, **r.columns,
         "message": r.message or "",
     }
 
@@ -328,7 +360,8 @@ def run(
     digest = check_model_runnable(model)
     output = ensure_writable_dir(output)
     t0 = time.perf_counter()
-    discovery: Discovery = discover_inputs(input_path, model.card.inputs.sequences, progress=on_scan_progress)
+    discovery: Discovery = discover_inputs(input_path, model.card.inputs.sequences, progress=on_scan_progress,
+                                           kind=model.card.inputs.kind)
     discovery_s = round(time.perf_counter() - t0, 3)
     provenance = provenance_record(model, digest)
 

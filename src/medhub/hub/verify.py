@@ -22,11 +22,11 @@ import pydicom
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from medhub.errors import VerificationError
+from medhub.errors import MedhubError, VerificationError
 from medhub.hub.cases import discover_inputs
 from medhub.hub.model import Model
 from medhub.hub.registry import get_model
-from medhub.hub.runner import run
+from medhub.hub.runner import check_model_runnable, run
 from medhub.io import records
 
 
@@ -109,6 +109,8 @@ def verify_model(model: str | Model) -> VerifyReport:
 
     model = get_model(model) if isinstance(model, str) else model
     card = model.card
+    if card.weights is None and card.needs_weights:
+        return _verify_refusal(model)
     if card.reference is None:
         raise VerificationError(card.id, "the model card declares no reference data", code="no-reference")
     folder = Path(model.folder)
@@ -135,15 +137,30 @@ def verify_model(model: str | Model) -> VerifyReport:
         if not result.ok:
             return report
 
-        case = discover_inputs(input_path, card.inputs.sequences).cases[0]
-        # a session's outputs are on its first declared sequence, whose series the SEG references
-        reference_volume = (next(iter(case.inputs.values())) if case.is_session else case).load()
         if expected_seg_path.exists():
+            case = discover_inputs(input_path, card.inputs.sequences).cases[0]
+            # a session's outputs are on its first declared sequence, whose series the SEG references
+            reference_volume = (next(iter(case.inputs.values())) if case.is_session else case).load()
             report.checks.extend(_compare_segs(
                 Path(result.outputs["seg"]), expected_seg_path, reference_volume, tolerances, read_seg))
         if expected_values_path.exists():
             expected_values = json.loads(expected_values_path.read_text())
             report.checks.extend(_compare_values(result.values, expected_values, tolerances))
+    return report
+
+
+def _verify_refusal(model: Model) -> VerifyReport:
+    """A model whose card says it has no trained weights passes when it refuses to run, with ``no-weights``."""
+    report = VerifyReport(model_id=model.card.id, version=model.card.version)
+    start = time.perf_counter()
+    try:
+        check_model_runnable(model)
+        outcome, passed = "ran", False
+    except MedhubError as e:
+        outcome, passed = e.code, e.code == "no-weights"
+    report.runtime_s = round(time.perf_counter() - start, 2)
+    report.peak_rss_mib = records.peak_rss_mib()
+    report.checks.append(Check("no weights: refuses to run", "no-weights", outcome, passed))
     return report
 
 

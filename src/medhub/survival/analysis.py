@@ -128,18 +128,28 @@ def cox_table(frame: pd.DataFrame, time: str, event: str, terms: Sequence[str]) 
 def concordance(frame: pd.DataFrame, time: str, event: str, score: str, *, n_resamples: int = 1000,
                 seed: int = 0) -> dict[str, float]:
     """Harrell's C-index of ``score`` (higher score = earlier event) with a percentile bootstrap 95 % CI over
-    subjects (seeded)."""
+    subjects (seeded). A resample without a comparable pair (no event before another subject's time) is
+    skipped; ``resamples`` counts those used, and the C-index is NaN when the data itself has no such pair."""
     from lifelines.utils import concordance_index
 
+    def harrell(pick: np.ndarray | slice) -> float | None:
+        try:
+            return float(concordance_index(t[pick], -s[pick], e[pick]))
+        except ZeroDivisionError:  # lifelines: "No admissable pairs in the dataset"
+            return None
+
     t, e, s = (frame[c].to_numpy(dtype=np.float64) for c in (time, event, score))
-    value = float(concordance_index(t, -s, e))
+    whole = harrell(slice(None))
+    value = math.nan if whole is None else whole
     rng = np.random.default_rng(seed)
     estimates = []
     for _ in range(n_resamples):
         pick = rng.integers(0, len(t), len(t))
         if e[pick].sum() == 0:
             continue
-        estimates.append(concordance_index(t[pick], -s[pick], e[pick]))
+        estimate = harrell(pick)
+        if estimate is not None:
+            estimates.append(estimate)
     low, high = (np.quantile(estimates, [0.025, 0.975]) if estimates else (math.nan, math.nan))
     return {"c_index": value, "c_index_low": float(low), "c_index_high": float(high), "resamples": len(estimates)}
 

@@ -1,0 +1,138 @@
+"""Face models on the hub: ``face-age`` and ``face-survival``, and any folder exported from a photo finetuning.
+
+:class:`FacePhotoModel` runs a model folder (card + ``weights/checkpoint.safetensors`` + ``checkpoint.json``,
+packaged by :func:`medhub.hub.export.package_model`) on one photo: the face is found and cropped with the crop
+policy stored in the checkpoint (the same as in training), the ViT predicts on the crop and its mirror image, and
+the prediction carries the value, the face box (pixels of the photo as read, EXIF orientation applied: x right,
+y down, origin top-left), the crop picture and, when asked, a saliency overlay on the crop.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from medhub.errors import ModelError
+from medhub.hub.card import ModelCard
+from medhub.hub.export import package_model, read_finetuned_sidecar
+from medhub.hub.model import FolderModel, ModelInput, Prediction
+from medhub.io.photo import Photo
+
+#: Card outputs of each photo task.
+FACE_OUTPUTS: dict[str, dict[str, Any]] = {
+    "face-age": {"title": "Apparent age from a face photo", "task": "regression",
+                 "values": [{"name": "face_age_years", "unit": "a",
+                             "concept": {"value": "FACE-AGE", "scheme": "99MEDHUB",
+                                         "meaning": "Age estimated from a face photograph"},
+                             "description": "The age (years) the network reads from the face; not the recorded "
+                                            "age."}]},
+    "survival": {"title": "Mortality risk score from a face photo", "task": "survival",
+                 "values": [{"name": "risk_score", "unit": "{risk}",
+                             "concept": {"value": "FACE-RISK", "scheme": "99MEDHUB",
+                                         "meaning": "Log hazard ratio estimated from a face photograph"},
+                             "description": "Cox log hazard ratio relative to the training cohort (higher = "
+                                            "worse)."}]},
+}
+
+
+def crop_policy_from(record: Mapping[str, Any] | None) -> Any | None:
+    """The :class:`~medhub.face.detect.CropPolicy` a checkpoint stored (``None``: photos are crops already)."""
+    if record is None:
+        return None
+    from medhub.face.detect import CropPolicy
+
+    names = {f.name for f in fields(CropPolicy)}
+    return CropPolicy(**{k: v for k, v in record.items() if k in names})
+
+
+class FacePhotoModel(FolderModel):
+    """A finetuned face ViT in a model folder (see the module docstring).
+
+    ``saliency`` (``None``, ``"integrated-gradients"`` or ``"grad-cam"``) adds a ``saliency`` picture: the map of
+    the network's output on the crop (not mirror-averaged), blended onto the crop.
+    """
+
+    saliency: str | None = None
+
+    def __init__(self, folder: str | Path | None = None) -> None:
+        if folder is not None:
+            self.folder = Path(folder)
+        super().__init__()
+        self._network: Any = None
+
+    def network(self) -> tuple[Any, dict[str, Any]]:
+        """The finetuned network and its sidecar (loaded once)."""
+        if self._network is None:
+            from medhub.face.finetuning import load_face_net
+
+            self._network = load_face_net(self.folder / "weights")
+        return self._network
+
+    def predict(self, photo: ModelInput) -> Prediction:
+        import torch
+
+        from medhub.face.data import network_view
+        from medhub.face.finetuning import AGE_SCALE, predict_crops
+
+        if not isinstance(photo, Photo):
+            raise ModelError(self.card.id, "needs a photo (JPEG or PNG)", code="bad-input")
+        net, sidecar = self.network()
+        size = int(sidecar["network"]["image_size"])
+        policy = crop_policy_from(sidecar.get("crop_policy"))
+        crop, record = network_view(photo.pixels, policy, size, where=photo.name or None)
+        torch.manual_seed(0)
+        value = float(predict_crops(net, crop[None])[0])
+        name = self.card.outputs.values[0].name
+        values = {name: round(value * AGE_SCALE, 2) if sidecar["task"] == "face-age" else round(value, 4)}
+        columns: dict[str, float | str] = {"photo_width": photo.pixels.shape[1], "photo_height": photo.pixels.shape[0]}
+        if record is not None:
+            box = record.box
+            columns.update({"face_x0": round(box.x0, 1), "face_y0": round(box.y0, 1), "face_x1": round(box.x1, 1),
+                            "face_y1": round(box.y1, 1), "face_score": round(float(box.score), 3),
+                            "faces_found": record.faces_found, "rotation_deg": round(record.angle, 2)})
+        images = {"crop": crop}
+        if self.saliency:
+            from medhub.face.saliency import overlay, saliency_map
+
+            images["saliency"] = overlay(crop, saliency_map(net, crop, self.saliency))
+            columns["saliency"] = self.saliency
+        extra = {"crop": record.to_dict() if record is not None else {"cropped": "as given"}, "crop_size": size}
+        warnings = [f"{record.faces_found} faces found; the {policy.choose} one was used"] \
+            if record is not None and record.faces_found > 1 else []
+        return Prediction(values=values, columns=columns, images=images, extra=extra, warnings=warnings)
+
+
+def export_face_model(finetuned: str | Path, output: str | Path, *, model_id: str, version: str = "0.1.0",
+                      name: str | None = None, trained_on: str | None = None, card: Mapping[str, Any] | None = None,
+                      license: str = "Apache-2.0") -> ModelCard:
+    """A photo finetuning run (``medhub finetune --task face-age|survival``) as a hub model folder; ``card``
+    overrides any card field. Returns the card."""
+    sidecar = read_finetuned_sidecar(finetuned)
+    task = sidecar["task"]
+    template = FACE_OUTPUTS[task]
+    network = sidecar["network"]
+    pretrained = sidecar.get("pretrained")
+    origin = (f"finetuned from a ViT-{pretrained.get('arch')} {pretrained.get('objective')} pretraining checkpoint"
+              if pretrained else "trained from random weights")
+    data = sidecar.get("data", {})
+    trained_on = trained_on or f"{data.get('train')} photos of {data.get('table')}"
+    evaluation = sidecar.get("evaluation")
+    body: dict[str, Any] = {
+        "id": model_id, "name": name or model_id, "version": version, "title": template["title"],
+        "description": f"A 2D ViT ({network['hidden']} wide, {network['depth']} blocks, {network['stem']} stem; "
+                       f"{origin}) on the face cropped as in training ({network['image_size']} px).",
+        "task": template["task"],
+        "inputs": {"modality": "XC", "kind": "photo", "body_part": "FACE", "min_slices": 1},
+        "outputs": {"segments": [], "values": template["values"]},
+        "training_data": trained_on,
+        "evaluation": f"Held out: {json.dumps(evaluation)}" if evaluation else "",
+        "intended_use": "Research on face photographs. Not for clinical use.",
+        "limitations": "See training_data.",
+        "license": license, "authors": ["medhub contributors"],
+        "resources": {"device": "cpu-or-gpu", "memory_gib": 2.0},
+        **dict(card or {}),
+    }
+    return package_model(finetuned, output, body, trained_on=trained_on, license=license)
