@@ -156,3 +156,18 @@ def evaluation_folder(tmp_path_factory) -> Path:
     evaluation = evaluate(FOMO25, submissions, root / "truth", root / "out", n_resamples=300)
     write_evaluation(evaluation, root / "out")
     return root / "out"
+
+
+@pytest.fixture(scope="session")
+def survival_folder(tmp_path_factory) -> Path:
+    """`medhub survival` of lifelines' Rossi recidivism data: prior convictions as the score, by quartile."""
+    from lifelines.datasets import load_rossi
+
+    from tests.conftest import run_cli
+
+    root = tmp_path_factory.mktemp("dashboard-survival")
+    load_rossi().to_csv(root / "rossi.csv", index=False)
+    done = run_cli("survival", str(root / "rossi.csv"), "--time", "week", "--event", "arrest", "--score", "prio",
+                   "--covariates", "age,fin", "--resamples", "200", "-o", str(root / "out"))
+    assert done.returncode == 0, done.stderr
+    return root / "out"

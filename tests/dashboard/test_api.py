@@ -204,7 +204,7 @@ def test_the_cli_binds_loopback_and_says_so(run_folder):
 
 
 def test_a_folder_that_is_not_a_result_is_refused_in_one_line(tmp_path):
-    with pytest.raises(InputError, match="not a medhub run, batch, release, compare or evaluation folder"):
+    with pytest.raises(InputError, match="not a medhub run, batch, release, compare, evaluation or survival folder"):
         create_app(tmp_path)
     proc = run_cli("dashboard", str(tmp_path))
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
@@ -221,3 +221,17 @@ def test_an_evaluation_folder_serves_its_leaderboard_and_per_case_rows(evaluatio
     assert board[0]["t3_mae"] == pytest.approx(2.0) and board[0]["t3_mae_ci_low"] <= 2.0
     page = client.get("/api/cases", params={"sort": "status"}).json()
     assert {r["case_id"].split(" / ")[0] for r in page["rows"]} == {"close", "far"}
+
+
+def test_a_survival_folder_serves_its_cox_table_groups_and_km_plot(survival_folder):
+    client = _client(survival_folder)
+    overview = client.get("/api/overview").json()
+    assert overview["kind"] == "survival" and overview["total"] == 4
+    survival = overview["survival"]
+    record = json.loads((survival_folder / "survival.json").read_text())
+    assert survival["concordance"] == record["concordance"]
+    assert [r["term"] for r in survival["cox"]] == ["prio", "age", "fin"]
+    assert client.get(survival["km_plot"]).content[:4] == b"\x89PNG"
+    rows = {r["case_id"]: r["values"] for r in client.get("/api/cases").json()["rows"]}
+    assert set(rows) == {"Q1", "Q2", "Q3", "Q4"} and rows["Q1"]["hr"] == 1.0
+    assert rows["Q4"]["hr"] > rows["Q1"]["hr"] and rows["Q4"]["events"] == 40

@@ -156,3 +156,14 @@ def test_an_evaluation_folder_shows_its_leaderboard_with_cis_and_its_cases(brows
         browser.get(server.url + "/#/cases")
         _wait(browser, lambda d: "missing" in d.find_element(By.TAG_NAME, "body").text)
         _shot(browser, "evaluation-cases")
+
+
+def test_a_survival_folder_shows_its_c_index_cox_table_and_km_plot(browser, survival_folder):
+    from selenium.webdriver.common.by import By
+
+    with Server(survival_folder) as server:
+        browser.get(server.url + "/#/")
+        _wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#cox tr")) == 4)
+        assert "C-index 0.5" in browser.find_element(By.ID, "c-index").text
+        _image_loaded(browser, "km")
+        _shot(browser, "survival")

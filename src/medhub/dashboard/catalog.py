@@ -176,6 +176,10 @@ class Catalog:
                                          for label, n in zip(_histogram_labels(), counts, strict=True)]
         if self.kind == "compare":
             out["compare"] = {k: self.record.get(k) for k in ("sources", "reference", "pairs", "unmatched", "options")}
+        if self.kind == "survival":
+            out["survival"] = {k: self.record.get(k) for k in ("n", "events", "settings", "cox", "concordance",
+                                                               "logrank", "added_value")}
+            out["survival"]["km_plot"] = "/files/km.png" if (self.folder / "km.png").is_file() else None
         if self.kind == "evaluation":
             out["evaluation"] = {k: self.record.get(k) for k in ("task_set", "submissions", "leaderboard",
                                                                   "skipped_tasks", "n_resamples")}
@@ -215,6 +219,9 @@ def open_catalog(folder: str | Path) -> Catalog:
     evaluation_record = _json(folder / "evaluation.json")
     if evaluation_record and evaluation_record.get("kind") == "medhub-evaluation":
         return _evaluation_catalog(folder, evaluation_record)
+    survival_record = _json(folder / "survival.json")
+    if survival_record and survival_record.get("kind") == "medhub-survival":
+        return _survival_catalog(folder, survival_record)
     if (folder / "batch.sqlite").is_file():
         return _batch_catalog(folder)
     if (folder / "release.json").is_file() and (folder / "metadata.csv").is_file():
@@ -222,8 +229,9 @@ def open_catalog(folder: str | Path) -> Catalog:
     run_record = _json(folder / "run.json")
     if run_record and "cases" in run_record:
         return _run_catalog(folder, run_record)
-    raise InputError(folder, "not a medhub run, batch, release, compare or evaluation folder (no run.json, "
-                     "batch.sqlite, release.json, compare.json or evaluation.json)", code="not-a-results-folder")
+    raise InputError(folder, "not a medhub run, batch, release, compare, evaluation or survival folder (no "
+                     "run.json, batch.sqlite, release.json, compare.json, evaluation.json or survival.json)",
+                     code="not-a-results-folder")
 
 
 def _json(path: Path) -> dict[str, Any] | None:
@@ -351,6 +359,24 @@ def _compare_catalog(folder: Path, record: dict[str, Any]) -> Catalog:
         with (folder / "summary.csv").open(newline="", encoding="utf-8") as handle:
             summary = [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(handle)]
     return Catalog(folder=folder, kind="compare", connection=_memory_table(rows), record={**record, "summary": summary})
+
+
+def _survival_catalog(folder: Path, record: dict[str, Any]) -> Catalog:
+    """``medhub survival``'s folder: one row per group (quartile or category) with its size, events, median
+    survival and hazard ratio against the reference group."""
+    hazards = {h["group"]: h for h in record.get("group_hazards") or []}
+    rows = []
+    for group in record.get("groups") or []:
+        hazard = hazards.get(group["group"], {})
+        values = {"n": group.get("n"), "events": group.get("events"), "median_survival": group.get("median_survival"),
+                  "hr": hazard.get("hr"), "hr_low": hazard.get("hr_low"), "hr_high": hazard.get("hr_high"),
+                  "p": hazard.get("p")}
+        rows.append({"case_id": str(group["group"]), "status": "ok", "reason_code": None, "message": None,
+                     "patient_id": None, "series_instance_uid": None, "agatston": None, "risk_category": None,
+                     "values_json": _dumps({k: v for k, v in values.items() if v is not None}),
+                     "outputs_json": _dumps({}), "warnings_json": None, "input_json": _dumps({}),
+                     "wall_s": None, "model_version": None})
+    return Catalog(folder=folder, kind="survival", connection=_memory_table(rows), record=record)
 
 
 def _evaluation_catalog(folder: Path, record: dict[str, Any]) -> Catalog:

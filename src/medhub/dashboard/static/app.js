@@ -54,7 +54,23 @@ async function showOverview() {
       ${esc(o.compare.reference?.name || "none (pairwise)")}. <a href="#/compare">Open the compare view</a>.</p>`;
   }
   if (o.evaluation) html += leaderboardHtml(o.evaluation);
+  if (o.survival) html += survivalHtml(o.survival);
   view.innerHTML = html;
+}
+
+function survivalHtml(s) {
+  const num = (v, digits = 3) => v === null || v === undefined ? "–" : Number(v).toPrecision(digits);
+  const c = s.concordance || {};
+  const cox = (s.cox || []).map(r => `<tr><td>${esc(r.term)}</td><td>${num(r.hr)} <span class="muted">[${
+    num(r.hr_low)}, ${num(r.hr_high)}]</span></td><td>${num(r.hr_per_sd)}</td><td>${num(r.p, 2)}</td></tr>`).join("");
+  const logrank = s.logrank ? `Log-rank across groups: χ² ${num(s.logrank.chi2)}, df ${s.logrank.df}, p ${
+    num(s.logrank.p, 2)}.` : "";
+  return `<h3>Survival: ${esc(s.settings?.score)} (${s.n} subjects, ${s.events} events)</h3>
+    <p id="c-index">Harrell's C-index ${num(c.c_index)} <span class="muted">[${num(c.c_index_low)}, ${
+    num(c.c_index_high)}], ${c.resamples} bootstrap resamples</span>. ${logrank}</p>
+    <table id="cox"><tr><th>term</th><th>HR per unit [95 % CI]</th><th>HR per SD</th><th>p</th></tr>${cox}</table>
+    ${s.km_plot ? `<p><img id="km" src="${esc(s.km_plot)}" alt="Kaplan–Meier curves by group" style="max-width:640px">
+    </p>` : ""}<p><a href="#/cases">Groups: size, events, median survival, HR against the first</a></p>`;
 }
 
 function leaderboardHtml(evaluation) {
