@@ -81,7 +81,7 @@ def models_command() -> None:
         card = get_card(model_id)
         outputs = [s.name for s in card.outputs.segments] + [v.name for v in card.outputs.values]
         weights = "none needed" if card.weights is None and not card.needs_weights else (
-            "MISSING" if card.weights is None else card.weights.sha256[:12])
+            "none: refuses to run" if card.weights is None else card.weights.sha256[:12])
         table.add_row(card.id, card.version, card.task.value, f"{card.inputs.modality} {card.inputs.body_part}",
                       ", ".join(outputs), weights, origin)
     console.print(table)
