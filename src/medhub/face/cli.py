@@ -9,6 +9,8 @@ import typer
 from rich.console import Console
 
 console = Console()
+#: Card units (UCUM) shown as words in reports.
+UCUM_WORDS = {"a": "years", "{risk}": "log hazard ratio"}
 
 
 def robustness_command(
@@ -41,7 +43,7 @@ def robustness_command(
         raise InputError(input, "no JPEG or PNG photos", code="no-input")
     report = assess(instance, photos, seed=seed)
     output = output or input.resolve().parent / f"{input.resolve().name}_robustness"
-    unit = instance.card.outputs.values[0].unit
+    unit = UCUM_WORDS.get(instance.card.outputs.values[0].unit, instance.card.outputs.values[0].unit)
     write_report(report, output, unit=unit)
     console.print(f"{instance.card.id} on {len(photos)} photos ({len(report.failures)} failures); worst p95 change "
                   f"{max(r['p95_abs_change'] for r in report.table()):.2f} {unit}; table and plot in {output}",
