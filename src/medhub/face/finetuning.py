@@ -303,9 +303,11 @@ def load_face_net(folder: str | Path) -> tuple[FaceNet, dict[str, Any]]:
     """The network and sidecar that :func:`finetune_photos` left in ``folder``."""
     from safetensors.torch import load_file
 
+    from medhub.learn.checkpoints import dequantize
+
     folder = Path(folder)
     sidecar = json.loads((folder / "checkpoint.json").read_text())
     net = FaceNet(ViT2DConfig.from_dict(sidecar["network"]), dropout=sidecar["finetune"].get("dropout", 0.1))
-    net.load_state_dict(load_file(str(folder / "checkpoint.safetensors")))
+    net.load_state_dict(dequantize(load_file(str(folder / "checkpoint.safetensors"))))
     net.eval()
     return net, sidecar

@@ -36,3 +36,38 @@ def load_pretrained(net: nn.Module, checkpoint: str | Path) -> dict[str, Any]:
         raise InputError(checkpoint, "holds no encoder weights", code="checkpoint-mismatch")
     net.load_state_dict(own)
     return sidecar
+
+
+#: Key suffix of an int8-quantized tensor's per-output-channel scales.
+SCALE_SUFFIX = ".int8_scale"
+
+
+def quantize_int8(weights: dict[str, Any]) -> dict[str, Any]:
+    """Tensors of two or more dimensions as symmetric int8 per output channel (first axis) plus float32 scales under
+    ``key + SCALE_SUFFIX``; smaller tensors (biases, norms) as float16. A quarter of the float32 size, for shipping
+    weights small; :func:`dequantize` restores float32."""
+    import torch
+
+    out: dict[str, Any] = {}
+    for key, value in weights.items():
+        value = value.float()
+        if value.dim() >= 2:
+            scale = value.abs().flatten(1).amax(1).clamp_min(1e-12) / 127
+            shape = (-1,) + (1,) * (value.dim() - 1)
+            out[key] = torch.round(value / scale.view(shape)).to(torch.int8)
+            out[key + SCALE_SUFFIX] = scale
+        else:
+            out[key] = value.half()
+    return out
+
+
+def dequantize(weights: dict[str, Any]) -> dict[str, Any]:
+    """Float32 tensors from :func:`quantize_int8`'s output (or from any plain checkpoint, unchanged but cast)."""
+    out = {}
+    for key, value in weights.items():
+        if key.endswith(SCALE_SUFFIX):
+            continue
+        scale = weights.get(key + SCALE_SUFFIX)
+        value = value.float()
+        out[key] = value * scale.view((-1,) + (1,) * (value.dim() - 1)) if scale is not None else value
+    return out

@@ -7,8 +7,8 @@
    face crops from OpenCV's Haar detector (margin 0.1, eyes levelled), batch 64, 60 % of 16-px patches masked.
 2. ``medhub finetune --task face-age``: 15 % of the photos held out (stratified by age decade, seed 0); stage 1 on
    the rest drawn uniformly, stage 2 age-balanced (5-year bins) at a fifth of the learning rate; L1 on age / 100.
-3. The weights are stored in float16 (half the size; predictions differ by < 0.05 years) and exported into this
-   folder with ``medhub export-model``; then ``python scripts/make_reference.py face-age`` rebuilds the reference.
+3. The weights are stored as int8 per output channel (a quarter of the size, under the project's 5 MB limit;
+   ``medhub.learn.checkpoints.quantize_int8``) and exported into this folder with ``medhub export-model``; then ``python scripts/make_reference.py face-age`` rebuilds the reference.
 
 ``--finetuned RUN`` skips 1-2 and exports an existing finetuning run.
 """
@@ -25,13 +25,13 @@ UTKFACE = FOLDER.parents[3].parent / "shared" / "data" / "utkface"
 VERSION = "0.1.0"
 
 
-def _half_precision_copy(run: Path, target: Path) -> Path:
+def _quantized_copy(run: Path, target: Path) -> Path:
     from safetensors.torch import load_file, save_file
 
+    from medhub.learn.checkpoints import quantize_int8
+
     target.mkdir(parents=True, exist_ok=True)
-    weights = {k: v.half() if v.is_floating_point() else v
-               for k, v in load_file(str(run / "checkpoint.safetensors")).items()}
-    save_file(weights, str(target / "checkpoint.safetensors"))
+    save_file(quantize_int8(load_file(str(run / "checkpoint.safetensors"))), str(target / "checkpoint.safetensors"))
     shutil.copy2(run / "checkpoint.json", target / "checkpoint.json")
     return target
 
@@ -65,7 +65,7 @@ def main() -> None:
     from medhub.face.hub import export_face_model
 
     card = export_face_model(
-        _half_precision_copy(run, args.work / "age-fp16"), FOLDER, model_id="face-age", version=VERSION,
+        _quantized_copy(run, args.work / "age-int8"), FOLDER, model_id="face-age", version=VERSION,
         name="FaceAge",
         trained_on=("UTKFace (Zhang et al., 2017; real face crops, ages 1-116, median 22, from the web), the "
                     "aligned 200 x 200 crops in ../shared/data/utkface: MAE pretraining on all of them, age "
