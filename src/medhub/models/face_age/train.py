@@ -8,7 +8,8 @@
 2. ``medhub finetune --task face-age``: 15 % of the photos held out (stratified by age decade, seed 0); stage 1 on
    the rest drawn uniformly, stage 2 age-balanced (5-year bins) at a fifth of the learning rate; L1 on age / 100.
 3. The weights are stored as int8 per output channel (a quarter of the size, under the project's 5 MB limit;
-   ``medhub.learn.checkpoints.quantize_int8``) and exported into this folder with ``medhub export-model``; then ``python scripts/make_reference.py face-age`` rebuilds the reference.
+   ``medhub.learn.checkpoints.quantize_int8``) and exported into this folder with ``medhub export-model``;
+   then ``python scripts/make_reference.py face-age`` rebuilds the reference.
 
 ``--finetuned RUN`` skips 1-2 and exports an existing finetuning run.
 """
