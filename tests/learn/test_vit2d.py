@@ -94,3 +94,15 @@ def test_cox_loss_breslow_ties_and_no_events():
     expected = -((0.5 - denominator) + (-0.2 - denominator)) / 2
     assert float(cox_partial_likelihood(risk, time, event)) == pytest.approx(expected, abs=1e-6)
     assert float(cox_partial_likelihood(risk, time, torch.zeros(3))) == 0.0
+
+
+def test_int8_weights_round_trip_within_half_a_step_per_channel():
+    from medhub.learn.checkpoints import SCALE_SUFFIX, dequantize, quantize_int8
+
+    weights = {"w": torch.randn(8, 5, 3, 3) * torch.arange(1, 9).view(8, 1, 1, 1), "b": torch.randn(8)}
+    packed = quantize_int8(weights)
+    assert packed["w"].dtype == torch.int8 and packed["b"].dtype == torch.float16
+    restored = dequantize(packed)
+    step = packed["w" + SCALE_SUFFIX].view(8, 1, 1, 1)
+    assert ((restored["w"] - weights["w"]).abs() <= step / 2 + 1e-6).all()
+    assert set(restored) == {"w", "b"}
