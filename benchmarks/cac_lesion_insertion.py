@@ -45,11 +45,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-from cac_phantoms import VALIDATION_FIRST_SEED, on_isotropic_grid, within_tolerance  # this script runs beside it
+from cac_phantoms import VALIDATION_FIRST_SEED, trial_model, within_tolerance  # this script runs beside it
 from scipy import ndimage as ndi
 
 from medhub.cac.scoring import ScoringConvention, score_calcium
-from medhub.io.nifti import read_volume
+from medhub.io.nifti import read_volume, resample_isotropic
 from medhub.io.records import write_csv
 from medhub.io.volume import Volume
 from medhub.masks import dilate_mm
@@ -58,101 +58,16 @@ from medhub.models.cac.train import insertion_sites
 from medhub.synth.cac_phantom import (
     LARGE_PLAQUE_AREA_MM2,
     LARGE_PLAQUE_LENGTH_MM,
-    agatston_weight,
-    draw_heavy_plaque_hu,
-    draw_plaque_hu,
     make_cac_phantom,
     random_phantom_params,
 )
+from medhub.synth.plaque_insertion import analytic_agatston, insert_plaques, pick_sites
 
 LIDC = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "lidc_chest_ct"
 CASES = ("0187", "0987")
 HEART, CALCIUM = 1, 3  # DeepCAC's labels
-#: The LIDC scanner grid before DeepCAC resampled it (slice, row, column; mm) and the in-plane PSF sigma (mm).
-SCANNER_MM = (2.5, 0.68, 0.68)
-PSF_SIGMA_MM = 0.45
-FINE_MM = 0.2
 CLEAR_MM, LUNG_CLEAR_MM = 12.0, 6.0  # sites this far from calcium or bone already there, and from lung
 PLAQUES_PER_TRIAL, MIN_APART_MM = 3, 30.0
-#: The 3 mm block (voxels each side of the site) that an inserted plaque and its vessel may touch; wider for the
-#: heavy calcifications (up to 10 mm half-length, plus the slice profile and the resampling).
-HALF_BOX, HALF_BOX_LARGE = 4, 5
-#: Lumen radius (mm) and HU of the vessel around a plaque (non-contrast blood).
-VESSEL_RADIUS_MM, LUMEN_HU = (1.0, 2.0), 40.0
-
-
-def fine_axes(half_box: int, grid_mm: tuple[float, ...]) -> list[np.ndarray]:
-    """Coordinates (mm, relative to the centre voxel's centre) of the :data:`FINE_MM` grid under a
-    ``(2 * half_box + 1)``³ block of the 3 mm grid, with room for the blur."""
-    extent = (half_box + 1) * np.asarray(grid_mm) + 4.0
-    return [np.arange(-e, e + FINE_MM / 2, FINE_MM) for e in extent]
-
-
-def ellipsoid(axes: list[np.ndarray], centre_mm: np.ndarray, radius_mm: float, half_length_mm: float
-              ) -> np.ndarray:
-    """Bool on the fine grid: an ellipsoid with in-plane radius ``radius_mm`` and half-length along z."""
-    z, y, x = np.meshgrid(*axes, indexing="ij", sparse=True)
-    return (((z - centre_mm[0]) / half_length_mm) ** 2 + ((y - centre_mm[1]) / radius_mm) ** 2
-            + ((x - centre_mm[2]) / radius_mm) ** 2) <= 1.0
-
-
-def cylinder(axes: list[np.ndarray], point_mm: np.ndarray, direction: np.ndarray, radius_mm: float) -> np.ndarray:
-    """Bool on the fine grid: an infinite cylinder of ``radius_mm`` around the line through ``point_mm``."""
-    z, y, x = np.meshgrid(*axes, indexing="ij", sparse=True)
-    d = [z - point_mm[0], y - point_mm[1], x - point_mm[2]]
-    along = d[0] * direction[0] + d[1] * direction[1] + d[2] * direction[2]
-    return d[0] ** 2 + d[1] ** 2 + d[2] ** 2 - along ** 2 <= radius_mm ** 2
-
-
-def imaged_fraction(inside: np.ndarray, axes: list[np.ndarray], grid_mm: tuple[float, ...], half_box: int,
-                    phase_mm: np.ndarray) -> np.ndarray:
-    """Fraction of the object ``inside`` (bool on the fine grid ``axes``) in each voxel of the
-    ``(2 * half_box + 1)``³ block of the 3 mm grid: the object is blurred by the in-plane PSF and the 2.5 mm slice
-    profile, sampled on the scanner grid (offset ``phase_mm``) and interpolated linearly at the 3 mm voxel centres,
-    as DeepCAC's resampling did."""
-    blurred = ndi.gaussian_filter(inside.astype(np.float32), (0.0, PSF_SIGMA_MM / FINE_MM, PSF_SIGMA_MM / FINE_MM))
-    blurred = ndi.uniform_filter1d(blurred, size=round(SCANNER_MM[0] / FINE_MM), axis=0)  # slice profile
-    offsets = np.arange(-half_box, half_box + 1)
-    targets = [offsets * g for g in grid_mm]  # 3 mm voxel centres (mm) per axis
-    corners = []  # per axis: the two scanner samples around each target and the linear weight
-    for t, s, p in zip(targets, SCANNER_MM, phase_mm, strict=True):
-        k0 = np.floor((t - p) / s)
-        w = (t - p) / s - k0
-        corners.append((p + k0 * s, p + (k0 + 1) * s, w))
-    out = np.zeros([len(t) for t in targets], np.float32)
-    for bits in np.ndindex(2, 2, 2):
-        coords = np.meshgrid(*[c[b] for c, b in zip(corners, bits, strict=True)], indexing="ij")
-        weight = np.ones(out.shape, np.float32)
-        for axis, (c, b) in enumerate(zip(corners, bits, strict=True)):
-            shape = [1, 1, 1]
-            shape[axis] = -1
-            weight = weight * (c[2] if b else 1.0 - c[2]).reshape(shape)
-        index = [(c - a[0]) / FINE_MM for c, a in zip(coords, axes, strict=True)]
-        out += weight * ndi.map_coordinates(blurred, index, order=1, mode="constant")
-    return out
-
-
-def analytic_agatston(plaque: dict[str, float]) -> float:
-    """The plaque's Agatston score from its geometry: volume / 3 mm times the weight of its HU (the limit of
-    thin slices, each weighing its area times its thickness / 3 mm)."""
-    volume = 4.0 / 3.0 * np.pi * plaque["radius_mm"] ** 2 * plaque["half_length_mm"]
-    return volume / 3.0 * agatston_weight(plaque["plaque_hu"])
-
-
-def draw_plaque(rng: np.random.Generator, large: bool = False) -> dict[str, float]:
-    """HU, in-plane radius and half-length (mm) of one plaque: the phantoms' HU draw and their 2-25 mm² and 1-8 mm
-    ranges (area uniform here; the phantoms draw it log-uniformly). ``large``: a heavy calcification as
-    ``make_cac_phantom(large_plaques=True)`` draws it (350 or 600-1000 HU, 12-45 mm², 6-20 mm long)."""
-    if large:
-        plaque_hu = draw_heavy_plaque_hu(rng)
-        area = float(np.exp(rng.uniform(*np.log(LARGE_PLAQUE_AREA_MM2))))
-        half_length = float(rng.uniform(*LARGE_PLAQUE_LENGTH_MM)) / 2.0
-    else:
-        plaque_hu = draw_plaque_hu(rng)
-        area = float(rng.uniform(2.0, 25.0))
-        half_length = float(rng.uniform(0.5, 4.0))
-    return {"plaque_hu": plaque_hu, "area_mm2": area, "radius_mm": float(np.sqrt(area / np.pi)),
-            "half_length_mm": half_length}
 
 
 #: Depth bands (mm from the heart mask's edge) of the detection breakdown.
@@ -171,8 +86,24 @@ def phantom_case(seed: int) -> tuple[Volume, np.ndarray]:
     phantom = make_cac_phantom(**params)
     volume = Volume(phantom.hu, phantom.affine, modality="CT",
                     meta={"nominal_slice_thickness_mm": phantom.slice_thickness_mm})
-    volume, (heart,) = on_isotropic_grid(volume, [phantom.heart_mask], 3.0)
+    volume, (heart,) = resample_isotropic(volume, [phantom.heart_mask], 3.0)
     return volume, heart.astype(np.uint8) * np.uint8(HEART)
+
+
+def nearest_candidate(prediction, affine: np.ndarray, site: np.ndarray, spacing: tuple[float, ...],
+                      within_mm: float = 6.0) -> dict:
+    """The classifier's probability and kind for the candidate nearest the plaque's site (within ``within_mm``);
+    empty on the network path or when no candidate lies there."""
+    rows = prediction.tables["lesions"].rows if "lesions" in prediction.tables else []
+    if not rows or "p_coronary" not in rows[0]:
+        return {"p_coronary": None, "kind": None}
+    point = (np.asarray(affine) @ np.r_[site, 1.0])[:3]
+    centres = np.array([[r["centroid_x_mm"], r["centroid_y_mm"], r["centroid_z_mm"]] for r in rows])
+    distance = np.linalg.norm(centres - point, axis=1)
+    best = int(np.argmin(distance))
+    if distance[best] > within_mm + max(spacing):
+        return {"p_coronary": None, "kind": None}
+    return {"p_coronary": rows[best]["p_coronary"], "kind": rows[best]["kind"]}
 
 
 def run_trials(case: str, volume: Volume, labels: np.ndarray, trials: int, model: CAC, rng: np.random.Generator,
@@ -185,43 +116,11 @@ def run_trials(case: str, volume: Volume, labels: np.ndarray, trials: int, model
     sites = insertion_sites(hu0, labels == HEART, (hu0 >= 130) | (labels == CALCIUM), spacing,
                             clear_mm=CLEAR_MM, lung_clear_mm=LUNG_CLEAR_MM)
     depth_mm = ndi.distance_transform_edt(labels == HEART, sampling=spacing)
-    half_box = HALF_BOX_LARGE if large else HALF_BOX
-    axes = fine_axes(half_box, spacing)
     plaque_rows, scan_rows = [], []
     for trial in range(trials):
-        hu = hu0.copy()
-        chosen: list[np.ndarray] = []
-        for index in rng.permutation(len(sites)):
-            site = sites[index]
-            if all(np.linalg.norm((site - c) * spacing) >= MIN_APART_MM for c in chosen):
-                chosen.append(site)
-            if len(chosen) == PLAQUES_PER_TRIAL:
-                break
-        footprints = []
-        plaques = []
-        for site in chosen:
-            plaque = draw_plaque(rng, large)
-            phase = rng.uniform(0.0, 1.0, 3) * np.asarray(SCANNER_MM)
-            centre = rng.uniform(-0.5, 0.5, 3) * np.asarray(spacing)
-            inside = ellipsoid(axes, centre, plaque["radius_mm"], plaque["half_length_mm"])
-            box = tuple(slice(int(c) - half_box, int(c) + half_box + 1) for c in site)
-            f = imaged_fraction(inside, axes, spacing, half_box, phase)
-            lumen = np.zeros_like(f)
-            if vessel:  # the plaque sits in the wall of a vessel running in a random direction
-                direction = rng.normal(size=3)
-                direction /= np.linalg.norm(direction)
-                radius = float(rng.uniform(*VESSEL_RADIUS_MM))
-                normal = np.cross(direction, rng.normal(size=3))
-                normal /= np.linalg.norm(normal)
-                wall = cylinder(axes, centre - normal * radius, direction, radius) & ~inside
-                lumen = imaged_fraction(wall, axes, spacing, half_box, phase)
-                plaque["vessel_radius_mm"] = radius
-            hu[box] = (1.0 - f - lumen) * hu[box] + lumen * LUMEN_HU + f * plaque["plaque_hu"]
-            footprint = np.zeros(hu.shape, bool)
-            footprint[box] = f >= min(0.02, float(f.max()))  # at least the plaque's own voxel
-            footprints.append(footprint)
-            plaques.append(plaque)
-        hu = np.rint(hu).astype(np.int16)
+        chosen = pick_sites(sites, spacing, PLAQUES_PER_TRIAL, MIN_APART_MM, rng)
+        inserted = insert_plaques(hu0, spacing, chosen, rng, vessel=vessel, large=large)
+        hu, plaques, footprints = inserted.hu, inserted.plaques, inserted.footprints
         start = time.perf_counter()
         prediction = model.predict(Volume(hu, volume.affine, modality="CT"))
         seconds = time.perf_counter() - start
@@ -233,6 +132,7 @@ def run_trials(case: str, volume: Volume, labels: np.ndarray, trials: int, model
             near = ndi.binary_dilation(footprint, iterations=1)
             ours = score_calcium(hu, spacing, found & near, convention).agatston if (found & near).any() else 0.0
             covered = float((found & ceiling_mask).sum()) / max(1, int(ceiling_mask.sum()))
+            judged = nearest_candidate(prediction, volume.affine, site, spacing)
             reference_total += ceiling
             plaque_rows.append({"case": case, "trial": trial, "site": list(map(int, site)),
                                 "depth_mm": round(float(depth_mm[tuple(site)]), 1),
@@ -241,15 +141,19 @@ def run_trials(case: str, volume: Volume, labels: np.ndarray, trials: int, model
                                 "peak_hu": float(hu[footprint].max()), "ceiling_agatston": round(ceiling, 2),
                                 "analytic_agatston": round(analytic_agatston(plaque), 2),
                                 "agatston": round(ours, 2), "covered": round(covered, 2),
-                                "detected": bool(ceiling_mask.any() and covered >= 0.5)})
+                                "detected": bool(ceiling_mask.any() and covered >= 0.5),
+                                "counted": bool((found & ceiling_mask).any()), **judged})
         inserted = np.logical_or.reduce([ndi.binary_dilation(fp, iterations=1) for fp in footprints])
         elsewhere = found & ~inserted & ~own_region
+        lesions, n_lesions = ndi.label(found, structure=np.ones((3, 3, 3), bool))
+        false_lesions = len(np.unique(lesions[elsewhere]))
         naive = score_calcium(hu, spacing, naive_region & (hu >= convention.threshold_hu), ScoringConvention(
             mode="roi")).agatston
         scan_rows.append({"case": case, "trial": trial, "reference": round(reference_total, 2),
                           "agatston": prediction.values["agatston"], "naive_agatston": round(naive, 2),
                           "false_agatston_elsewhere": round(score_calcium(hu, spacing, elsewhere, convention).agatston
                                                             if elsewhere.any() else 0.0, 2),
+                          "lesions": n_lesions, "false_lesions": false_lesions,
                           "seconds": round(seconds, 2)})
         print(f"{case} trial {trial}: reference {reference_total:7.1f}  medhub {prediction.values['agatston']:7.1f}  "
               f"naive {naive:7.1f}  plaques detected "
@@ -263,6 +167,12 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=30, help="trials per case (three plaques each)")
     parser.add_argument("--csv", type=Path, default=Path(__file__).with_name("cac_lesion_insertion.csv"))
     parser.add_argument("--weights", type=Path, default=None, help="lesion-network weights to try instead")
+    parser.add_argument("--method", choices=("candidates", "network"), default="candidates",
+                        help="the candidate classifier (default) or the 0.x lesion network")
+    parser.add_argument("--classifier-dir", type=Path, default=None,
+                        help="a folder of classifiers trained without each scan (without_<case>.txt, from "
+                             "`medhub cac train-classifier --leave-out-lidc`): each scan is judged by the one "
+                             "that never saw it")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-vessel", action="store_true", help="insert the plaques bare, without their vessel")
     parser.add_argument("--large", action="store_true",
@@ -271,18 +181,18 @@ def main() -> None:
     parser.add_argument("--phantoms", type=int, default=0,
                         help="also insert into this many validation phantoms resampled to 3 mm, for comparison")
     args = parser.parse_args()
-    model = CAC()
-    if args.weights is not None:
-        model = type("TrialCAC", (CAC,), {"weights_path": Path(args.weights)})()
     rng = np.random.default_rng(args.seed)
     plaques, scans = [], []
     for case in CASES:
+        classifier = None if args.classifier_dir is None else args.classifier_dir / f"without_{case}.txt"
+        model = trial_model(args.method, args.weights, classifier)
         p, s = run_trials(case, *lidc_case(case), args.trials, model, rng, not args.no_vessel, args.large)
         plaques += p
         scans += s
     phantom_plaques = []
     for seed in range(VALIDATION_FIRST_SEED, VALIDATION_FIRST_SEED + args.phantoms):
-        phantom_plaques += run_trials(f"phantom {seed}", *phantom_case(seed), args.trials, model, rng,
+        phantom_plaques += run_trials(f"phantom {seed}", *phantom_case(seed), args.trials,
+                                      trial_model(args.method, args.weights, None), rng,
                                       not args.no_vessel, args.large)[0]
     write_csv(args.csv, plaques + phantom_plaques)
     visible = [r for r in plaques if r["visible"]]
@@ -290,7 +200,8 @@ def main() -> None:
           f"{len(plaques)} plaques in {len(scans)} trials on LIDC {', '.join(CASES)} (seed {args.seed})")
     print(f"invisible at 3 mm (no voxel >= 130 HU): {len(plaques) - len(visible)}/{len(plaques)}")
     print(f"detected (covers >= half the ceiling's voxels): {np.mean([r['detected'] for r in visible]):.0%} "
-          f"of {len(visible)} visible plaques")
+          f"of {len(visible)} visible plaques; counted at all (any of its voxels scored): "
+          f"{np.mean([r['counted'] for r in visible]):.0%}")
 
     def share(group: list[dict], key: str, reference: str) -> float:
         return float(np.mean([within_tolerance(r[key], r[reference]) for r in group]))
@@ -322,6 +233,11 @@ def main() -> None:
               f"max {max(false):.1f}")
     ours = np.mean([within_tolerance(r["agatston"], r["reference"]) for r in scans])
     naive = np.mean([within_tolerance(r["naive_agatston"], r["reference"]) for r in scans])
+    lesions = sum(r["lesions"] for r in scans)
+    false = sum(r["false_lesions"] for r in scans)
+    print(f"precision of \"coronary\" (lesions on an inserted plaque or the case's own calcium): "
+          f"{(lesions - false) / max(lesions, 1):.1%} ({lesions - false}/{lesions}); trials with false calcium: "
+          f"{sum(r['false_agatston_elsewhere'] > 0 for r in scans)}/{len(scans)}")
     ratio = f"{ours / naive:.2f}×" if naive else "unbounded (naive has none within tolerance)"
     print(f"ratio (medhub / naive) of scans within tolerance: {ratio}")
     print(f"median seconds per scan (model): {np.median([r['seconds'] for r in scans]):.2f}")

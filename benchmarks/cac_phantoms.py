@@ -41,12 +41,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 
 from medhub.cac.scoring import ScoringConvention, risk_category, score_calcium
 from medhub.errors import MedhubError
 from medhub.hub.verify import dice
-from medhub.io.nifti import image_to_volume, volume_to_image
+from medhub.io.nifti import resample_isotropic
 from medhub.io.records import write_csv
 from medhub.io.volume import Volume
 from medhub.models.cac.heart import heart_region
@@ -74,33 +73,25 @@ def within_tolerance(score: float, truth: float) -> bool:
 VALIDATION_FIRST_SEED = 5000
 
 
-def on_isotropic_grid(volume: Volume, masks: list[np.ndarray], grid_mm: float
-                      ) -> tuple[Volume, list[np.ndarray]]:
-    """``volume`` resampled to ``grid_mm`` isotropic over the same extent (linear), and ``masks`` with it
-    (nearest neighbour)."""
-    image = volume_to_image(volume)
-    size = [round(n * s / grid_mm) for n, s in zip(image.GetSize(), image.GetSpacing(), strict=True)]
-
-    def resample(img: sitk.Image, interpolator: int, default: float) -> sitk.Image:
-        return sitk.Resample(img, size, sitk.Transform(), interpolator, img.GetOrigin(), (grid_mm,) * 3,
-                             img.GetDirection(), default, img.GetPixelID())
-
-    out = image_to_volume(resample(image, sitk.sitkLinear, -1024.0), modality="CT")
-    out.meta["nominal_slice_thickness_mm"] = grid_mm
-    return out, [sitk.GetArrayFromImage(resample(volume_to_image(volume, m), sitk.sitkNearestNeighbor, 0)) > 0
-                 for m in masks]
+def trial_model(method: str, weights: Path | None, classifier: Path | None) -> CAC:
+    """``cac`` with its lesion method, and another network's weights or classifier when given."""
+    overrides: dict = {"lesion_method": method}
+    if weights is not None:
+        overrides["weights_path"] = Path(weights)
+    if classifier is not None:
+        overrides["classifier_path"] = Path(classifier)
+    return type("TrialCAC", (CAC,), overrides)()
 
 
 def evaluate(n: int, psf_sigma_mm: tuple[float, float] = CLINICAL_PSF_SIGMA_MM, validation: bool = False,
              grid_mm: float | None = None, imaged_truth: bool = False, weights: Path | None = None,
              no_calcium: bool = False, first_seed: int = VALIDATION_FIRST_SEED,
-             variants: dict[str, bool] | None = None) -> list[dict]:
+             variants: dict[str, bool] | None = None, method: str = "candidates",
+             classifier: Path | None = None) -> list[dict]:
     """Run the model on ``n`` phantoms and return one row per phantom. ``variants``: phantom options that depart
     from the standard phantom (``coronary_variation``, ``base_fat``, ``large_plaques`` of
     :func:`~medhub.synth.cac_phantom.make_cac_phantom`)."""
-    model = CAC()
-    if weights is not None:  # a trial network instead of the shipped one
-        model = type("TrialCAC", (CAC,), {"weights_path": Path(weights)})()
+    model = trial_model(method, weights, classifier)
     rows = []
     if validation or first_seed in HELD_OUT_SEEDS:  # a slice of the held-out seeds, e.g. one per process
         seeds = range(first_seed, first_seed + n)
@@ -118,7 +109,7 @@ def evaluate(n: int, psf_sigma_mm: tuple[float, float] = CLINICAL_PSF_SIGMA_MM, 
                         meta={"nominal_slice_thickness_mm": phantom.slice_thickness_mm})
         coronary, heart = phantom.labels == CORONARY_CALCIUM, phantom.heart_mask
         if grid_mm:
-            volume, (coronary, heart) = on_isotropic_grid(volume, [coronary, heart], grid_mm)
+            volume, (coronary, heart) = resample_isotropic(volume, [coronary, heart], grid_mm)
         row = {"seed": seed, "slice_spacing_mm": phantom.spacing[0], "thickness_mm": phantom.slice_thickness_mm,
                "noise_sd": params.get("noise_sd"),
                "psf_sigma_mm": round(params["blur_mm"], 3), "contrast": bool(flags.get("contrast")),
@@ -148,7 +139,7 @@ def evaluate(n: int, psf_sigma_mm: tuple[float, float] = CLINICAL_PSF_SIGMA_MM, 
             clean = make_cac_phantom(**{**params, "noise_sd": 0.0})
             clean_volume = Volume(clean.hu, clean.affine, modality="CT")
             if grid_mm:
-                clean_volume, _ = on_isotropic_grid(clean_volume, [], grid_mm)
+                clean_volume, _ = resample_isotropic(clean_volume, [], grid_mm)
             imaged = score_calcium(clean_volume.array, clean_volume.spacing, coronary, CAC.convention)
             row.update(imaged_truth_agatston=round(imaged.agatston, 3), imaged_truth_category=imaged.category)
         rows.append(row)
@@ -191,6 +182,9 @@ def main() -> None:
                              "measures false scores")
     parser.add_argument("--weights", type=Path, default=None,
                         help="lesion-network weights to try instead of the shipped ones (e.g. from medhub cac train)")
+    parser.add_argument("--method", choices=("candidates", "network"), default="candidates",
+                        help="the candidate classifier (default) or the 0.x lesion network")
+    parser.add_argument("--classifier", type=Path, default=None, help="a candidate classifier to try instead")
     parser.add_argument("--coronary-variation", action="store_true",
                         help="coronaries whose course, groove depth and branches vary with the seed")
     parser.add_argument("--base-fat", action="store_true",
@@ -202,7 +196,7 @@ def main() -> None:
     rows = evaluate(args.n, STRESS_PSF_SIGMA_MM if args.stress else CLINICAL_PSF_SIGMA_MM, args.validation,
                     args.grid_mm, args.imaged_truth, args.weights, args.no_calcium, args.first_seed,
                     {"coronary_variation": args.coronary_variation, "base_fat": args.base_fat,
-                     "large_plaques": args.large_plaques})
+                     "large_plaques": args.large_plaques}, args.method, args.classifier)
     write_csv(args.csv, rows)
     ours = summarise(rows, "agatston", "category")
     restored = summarise(rows, "agatston_restored", "restored_category")

@@ -35,6 +35,10 @@ class MedhubError(Exception):
     def __str__(self) -> str:
         return self.message
 
+    def __reduce__(self) -> tuple:
+        # Exception pickles its args (the reason only); a worker process must hand back where and code too.
+        return type(self), (self.where, self.reason, self.code)
+
     @property
     def message(self) -> str:
         return f"{self.where}: {self.reason}" if self.where else self.reason

@@ -262,6 +262,28 @@ def train_command(
                     f"and {sidecar_path(Path(out)).resolve()}")
 
 
+@cac_app.command("train-classifier")
+def train_classifier_command(
+    out: Annotated[Path, typer.Option("--out", help="Where to write the LightGBM model (.txt); a .json sidecar "
+                                      "is added.")] = Path("src/medhub/models/cac/weights/cac_candidates.txt"),
+    phantoms: Annotated[int, typer.Option("--phantoms", min=0, help="Training phantoms.")] = 240,
+    lidc_trials: Annotated[int, typer.Option("--lidc-trials", min=0, help="Insertion trials per shared LIDC scan "
+                                             "(skipped when ../shared/data is absent).")] = 40,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Processes collecting examples.")] = 2,
+    examples: Annotated[Path | None, typer.Option("--examples", help="CSV of the collected examples: read when it "
+                                                  "exists, else written.")] = None,
+    leave_out_lidc: Annotated[Path | None, typer.Option("--leave-out-lidc", help="Also fit one classifier "
+                                                        "without each LIDC scan into this folder.")] = None,
+) -> None:
+    """Train the calcium-candidate classifier (coronary or not) on phantoms and on LIDC scans with inserted
+    plaques."""
+    from medhub.models.cac.train_classifier import summary, train
+
+    model = train(out, phantoms=phantoms, lidc_trials=lidc_trials, workers=workers, leave_out_lidc=leave_out_lidc,
+                  examples_csv=examples, progress=console.is_terminal)
+    console.print(f"wrote {out} and its sidecar: {summary(model)}", highlight=False)
+
+
 @cac_app.command("phantom")
 def phantom_command(
     out: Annotated[Path, typer.Argument(help="Folder to write: dicom/, ct.nii.gz, labels.nii.gz, heart.nii.gz, "

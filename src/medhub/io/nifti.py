@@ -8,6 +8,7 @@ column)``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -92,6 +93,24 @@ def write_volume(volume: Volume, path: str | Path, array: np.ndarray | None = No
         finally:
             named.unlink(missing_ok=True)
     return path
+
+
+def resample_isotropic(volume: Volume, grid_mm: float, masks: Sequence[np.ndarray] = ()
+                       ) -> tuple[Volume, list[np.ndarray]]:
+    """``volume`` resampled to ``grid_mm`` isotropic over the same extent (linear; outside it -1024), as DeepCAC's
+    localisation step resampled its scans to 3 mm, and ``masks`` (bool, on the volume's grid) with it (nearest
+    neighbour). The result's ``nominal_slice_thickness_mm`` is ``grid_mm``."""
+    image = volume_to_image(volume)
+    size = [round(n * s / grid_mm) for n, s in zip(image.GetSize(), image.GetSpacing(), strict=True)]
+
+    def resample(img: sitk.Image, interpolator: int, default: float) -> sitk.Image:
+        return sitk.Resample(img, size, sitk.Transform(), interpolator, img.GetOrigin(), (grid_mm,) * 3,
+                             img.GetDirection(), default, img.GetPixelID())
+
+    out = image_to_volume(resample(image, sitk.sitkLinear, -1024.0), modality=volume.modality)
+    out.meta["nominal_slice_thickness_mm"] = grid_mm
+    return out, [sitk.GetArrayFromImage(resample(volume_to_image(volume, np.asarray(m, np.uint8)),
+                                                 sitk.sitkNearestNeighbor, 0)) > 0 for m in masks]
 
 
 def _first_line(error: Exception) -> str:

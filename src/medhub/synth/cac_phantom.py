@@ -16,8 +16,8 @@ those values. Scores are computed from this geometry (never from the image) for 
 :data:`CONVENTIONS`; see :func:`analytic_scores` for the exact rules.
 
 **Truth** (``CacPhantom.truth``, ``truth.json`` under ``"truth"``, schema ``medhub.cac_phantom.truth/1``):
-``plaques`` — one entry per calcification: ``id``, ``kind`` (coronary | valve | annulus | aortic | stent),
-``artery`` (LM | LAD | LCX | RCA, ``None`` for valve/annulus/aortic), ``is_coronary`` (only kind coronary; the
+``plaques`` — one entry per calcification: ``id``, ``kind`` (coronary | valve | annulus | aortic | node |
+granuloma | stent), ``artery`` (LM | LAD | LCX | RCA, ``None`` for the others), ``is_coronary`` (only kind coronary; the
 stent is flagged, never scored), ``edge_case`` (name or ``None``), ``hu`` (peak), ``hu_per_slice``, ``slices``,
 ``pixels_per_slice``, ``area_mm2_per_slice``, ``volume_mm3``, ``centroid_index`` and ``voxels`` ((slice, row,
 col) indices); ``totals`` — per convention name of :data:`CONVENTIONS` (e.g. ``roi_8_mm2``, ``lesion_3d_px``):
@@ -612,7 +612,7 @@ def make_cac_phantom(seed: int, *, shape: tuple[int, int, int] = DEFAULT_SHAPE,
                      noise_sd: float = 0.0, noise_corr_mm: float = 1.0, blur_mm: float = 0.0,
                      n_plaques: int | None = None, distractors: bool = True, stent: bool = False,
                      contrast: bool = False, edge_cases: bool = False, coronary_variation: bool = False,
-                     base_fat: bool = False, large_plaques: bool = False,
+                     base_fat: bool = False, large_plaques: bool = False, nodes: bool = False,
                      calibration_factor: float = DEFAULT_CALIBRATION) -> CacPhantom:
     """Generate a CAC phantom.
 
@@ -654,6 +654,10 @@ def make_cac_phantom(seed: int, *, shape: tuple[int, int, int] = DEFAULT_SHAPE,
         per slice, 350 or 600-1000 HU), drawn from their own random stream after the standard plaques, so every
         other calcification stays where it is without them. The issue's plaques (2-25 mm² on 1-4 slices) are the
         evaluation distribution; heavy calcium of patients with high scores is longer and wider.
+    nodes:
+        Adds 1-3 calcified mediastinal lymph nodes round the aortic root (kind ``node``) and 0-2 calcified
+        granulomas under the diaphragm just below the heart (kind ``granuloma``), label 3, from their own random
+        stream: dense non-coronary calcium just above and below the heart.
     calibration_factor:
         Mass calibration (mg per cm³ per HU) for the truth's mass scores.
     """
@@ -664,7 +668,7 @@ def make_cac_phantom(seed: int, *, shape: tuple[int, int, int] = DEFAULT_SHAPE,
                   noise_sd=float(noise_sd), noise_corr_mm=float(noise_corr_mm), blur_mm=float(blur_mm),
                   n_plaques=n_plaques, distractors=bool(distractors), stent=bool(stent), contrast=bool(contrast),
                   edge_cases=bool(edge_cases), coronary_variation=bool(coronary_variation), base_fat=bool(base_fat),
-                  large_plaques=bool(large_plaques), calibration_factor=float(calibration_factor))
+                  large_plaques=bool(large_plaques), nodes=bool(nodes), calibration_factor=float(calibration_factor))
     ss = np.random.SeedSequence(int(seed))
     rng_anat, rng_chest, rng_plaque, rng_noise = (np.random.default_rng(s) for s in ss.spawn(4))
 
@@ -682,7 +686,8 @@ def make_cac_phantom(seed: int, *, shape: tuple[int, int, int] = DEFAULT_SHAPE,
     calcs, coronary_region, stent_mask = place_calcium(
         hu, grid, m, rng_plaque, n_plaques=n_plaques, distractors=distractors, stent=stent, contrast=contrast,
         edge_cases=edge_cases,
-        large_plaques=np.random.default_rng([int(seed), 0x1A5E]) if large_plaques else None)
+        large_plaques=np.random.default_rng([int(seed), 0x1A5E]) if large_plaques else None,
+        nodes=np.random.default_rng([int(seed), 0x40DE]) if nodes else None)
 
     labels = np.zeros(grid.shape, np.uint8)
     labels[m.heart] = HEART
@@ -1371,11 +1376,11 @@ def _pixels_for(area_mm2: float, grid: OffsetGrid) -> int:
 
 def place_calcium(hu: np.ndarray, grid: OffsetGrid, m: Mediastinum, rng: np.random.Generator, *,
                   n_plaques: int | None, distractors: bool, stent: bool, contrast: bool, edge_cases: bool,
-                  large_plaques: np.random.Generator | None = None
+                  large_plaques: np.random.Generator | None = None, nodes: np.random.Generator | None = None
                   ) -> tuple[list[Calcification], np.ndarray, np.ndarray | None]:
     """Place coronary plaques, edge cases, the stent and distractors; paint them into ``hu`` (in place).
     ``large_plaques``, when given, is the random stream of the heavy calcifications placed after the standard
-    plaques (see :func:`make_cac_phantom`).
+    plaques; ``nodes`` that of the calcified lymph nodes placed last (see :func:`make_cac_phantom`).
 
     Returns the calcifications, the coronary scoring region (fat sleeves, stent excluded) and the stent mask.
     """
@@ -1480,11 +1485,66 @@ def place_calcium(hu: np.ndarray, grid: OffsetGrid, m: Mediastinum, rng: np.rand
         keep_out = dilate_local(coronary_region, 2)
         placer.occupied |= keep_out
         _place_distractors(placer, m)
+    if nodes is not None:
+        placer.rng = nodes
+        _place_nodes(placer, m, (hu == np.float32(CAC_HU["mediastinal_fat"])) & ~m.heart & ~m.aorta_outer,
+                     (hu >= 20.0) & (hu <= 80.0) & ~m.heart & ~m.bone)
+        placer.rng = rng
 
     for c in placer.calcs:
         for k, px in c.voxels.items():
             hu[k, px[:, 0], px[:, 1]] = c.hu[k]
     return placer.calcs, coronary_region, stent_mask
+
+
+#: Calcified mediastinal lymph nodes (old granulomatous disease, common on chest CT): radius (mm) and HU ranges.
+NODE_RADIUS_MM, NODE_HU = (2.5, 7.0), (300.0, 1800.0)
+
+
+#: Calcified granulomas under the diaphragm (liver, spleen): how far (mm) below the heart's lowest point they lie.
+GRANULOMA_BELOW_HEART_MM = (0.0, 30.0)
+
+
+def _place_nodes(placer: _Placer, m: Mediastinum, fat: np.ndarray, soft: np.ndarray, tries: int = 20) -> None:
+    """Old granulomatous calcium, common on chest CT and never coronary: 1-3 calcified lymph nodes (kind ``node``),
+    dense ovoids in the mediastinal fat round the aortic root and the ascending aorta (subcarinal, paratracheal,
+    aorto-pulmonary window), and 0-2 calcified granulomas (kind ``granuloma``) in the soft tissue under the
+    diaphragm just below the heart (liver, spleen), where a search region grown round the heart reaches."""
+    grid, rng = placer.grid, placer.rng
+    axis = m.aortic_axis
+
+    def ovoid_at(centre: np.ndarray, allowed: np.ndarray, kind: str) -> bool:
+        box, ball = _ball_region(grid, centre, float(rng.uniform(*NODE_RADIUS_MM)))
+        if ball.size == 0:
+            return False
+        body = ball & allowed[box] & ~placer.occupied[box]
+        if body.sum() < 0.6 * ball.sum() or not body.any():
+            return False
+        corner = np.array([box[1].start, box[2].start])
+        footprint = {int(k + box[0].start): np.argwhere(body[k]) + corner
+                     for k in np.flatnonzero(body.any(axis=(1, 2)))}
+        return placer.add(kind, None, footprint, dict.fromkeys(footprint, float(round(rng.uniform(*NODE_HU))))
+                          ) is not None
+
+    for _ in range(int(rng.integers(1, 4))):
+        for _ in range(tries):
+            direction = np.cross(axis, rng.normal(size=3))
+            direction /= np.linalg.norm(direction)
+            if ovoid_at(m.aortic_root + axis * rng.uniform(0.0, 45.0)
+                        + direction * (m.aortic_root_radius + rng.uniform(4.0, 25.0)), fat, "node"):
+                break
+    heart_slices = np.flatnonzero(m.heart.any(axis=(1, 2)))
+    if not len(heart_slices):
+        return
+    below = np.zeros(grid.shape[0], bool)
+    lo, hi = (heart_slices[0] - round(d / grid.spacing[0]) for d in GRANULOMA_BELOW_HEART_MM[::-1])
+    below[max(lo, 0):max(hi, 0) + 1] = True
+    sites = np.argwhere(soft & below[:, None, None])
+    for _ in range(int(rng.integers(0, 3))):
+        for _ in range(tries if len(sites) else 0):
+            k, r, c = sites[int(rng.integers(len(sites)))]
+            if ovoid_at(np.array([grid.axis_coords(a)[i] for a, i in enumerate((k, r, c))]), soft, "granuloma"):
+                break
 
 
 def dilate_local(mask: np.ndarray, iterations: int) -> np.ndarray:

@@ -19,18 +19,21 @@ Pipeline on a :class:`~medhub.io.volume.Volume` (HU, LPS), viewed in canonical o
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage as ndi
 
-from medhub.cac.scoring import Lesion, ScoringConvention, score_calcium
+from medhub.cac.scoring import CalciumScore, Lesion, ScoringConvention, score_calcium
 from medhub.errors import InputError
 from medhub.hub.model import FolderModel, Prediction, Table
 from medhub.io.orientation import canonical_volume, undo_canonical
 from medhub.io.volume import Volume
 from medhub.masks import crop_box
-from medhub.models.cac.heart import heart_region, segment_heart
+from medhub.models.cac.candidates import find_candidates
+from medhub.models.cac.classifier import CandidateClassifier
+from medhub.models.cac.heart import HeartResult, heart_region, segment_heart
 from medhub.models.cac.lesions import (
     drop_lung_contact,
     drop_noise_like,
@@ -69,6 +72,18 @@ HEART_MARGIN_MM = 10.0
 class CAC(FolderModel):
     folder = Path(__file__).parent
     convention = ScoringConvention(mode="mapped")
+    #: "network": the 0.x lesion U-Net (the default until a candidate classifier ships, issue #22);
+    #: "candidates": every >= 130 HU component judged by the candidate classifier at :attr:`classifier_path`.
+    lesion_method = "network"
+
+    @property
+    def classifier_path(self) -> Path:
+        return self.folder / "weights" / "cac_candidates.txt"
+
+    @property
+    def weights_path(self) -> Path:
+        """The lesion network's weights (an extra weights file since the candidate classifier)."""
+        return self.folder / "weights" / "cac_lesion_unet.pt"
 
     def predict(self, volume: Volume) -> Prediction:
         # Every step sees the scan in canonical order (axis 0 the axial slices, feet first; rows anterior to
@@ -77,32 +92,34 @@ class CAC(FolderModel):
         volume, orientation = canonical_volume(volume)
         hu = volume.array
         spacing = volume.spacing
-        heart = segment_heart(hu, spacing, volume.direction)
-        if not heart.found:
-            raise InputError(None, heart.reason or "heart not found", code="heart-not-found")
-        if heart.blood_pool_hu is not None and heart.blood_pool_hu > CONTRAST_BLOOD_POOL_HU:
-            raise InputError(None, f"contrast-enhanced: median blood pool {heart.blood_pool_hu:.0f} HU > "
-                             f"{CONTRAST_BLOOD_POOL_HU:.0f} HU; calcium scoring needs non-contrast CT",
-                             code="contrast")
+        scan = prepare_scan(hu, spacing, volume.direction)
+        heart, region, metal_mask, metal = scan.heart, scan.region, scan.metal_mask, scan.metal
+        tissue_hu, noise_sd = scan.soft_tissue_hu, scan.noise_sd
         warnings = []
         if heart.coverage != "full":
             warnings.append(f"heart only partly in the field of view ({heart.coverage}); calcium outside it is "
                             "not scored")
-
-        region = heart_region(heart.mask, spacing, margin_mm=HEART_MARGIN_MM)
-        metal_mask, metal = find_metal(hu, region, spacing)
         for item in metal:
             warnings.append(f"metal (stent?) of {item['volume_mm3']:.0f} mm³, peak {item['peak_hu']:.0f} HU at "
                             f"slices {item['first_slice']}-{item['last_slice']}: excluded from the score")
-        tissue_hu, noise_sd = soft_tissue_noise(hu, heart.mask)
-        lesions = half_maximum_footprint(hu, segment_calcium(hu, spacing, region & ~metal_mask, self.weights_path,
-                                                          heart_mask=heart.mask, soft_tissue_hu=tissue_hu))
-        lesions, dropped = drop_lung_contact(hu, lesions, spacing)
-        lesions, noise_like = drop_noise_like(hu, lesions, spacing, tissue_hu, noise_sd)
-        dropped += noise_like
+        findings: dict[str, float] = {}
+        candidate_rows: list[dict] | None = None
+        if self.lesion_method == "network":
+            lesions = half_maximum_footprint(hu, segment_calcium(hu, spacing, region & ~metal_mask, self.weights_path,
+                                                              heart_mask=heart.mask, soft_tissue_hu=tissue_hu))
+            lesions, dropped = drop_lung_contact(hu, lesions, spacing)
+            lesions, noise_like = drop_noise_like(hu, lesions, spacing, tissue_hu, noise_sd)
+            dropped += noise_like
+        else:
+            judged = judge_candidates(hu, spacing, scan, self.classifier_path)
+            lesions, dropped, candidate_rows = judged.coronary, judged.dropped, judged.rows
+            for kind, mask in judged.non_coronary.items():
+                findings[f"{kind}_calcium_agatston"] = round(score_calcium(
+                    hu, spacing, mask, self.convention).agatston, 3) if mask.any() else 0.0
         score = score_calcium(hu, spacing, lesions, self.convention, affine=volume.affine,
                               calibration_factor=DEFAULT_CALIBRATION_MG_CM3_PER_HU,
                               nominal_slice_thickness_mm=volume.meta.get("nominal_slice_thickness_mm"))
+        lesions = np.asarray(lesions) > 0  # the candidate path gives candidate ids, to score each
 
         calcium = lesions & (hu >= self.convention.threshold_hu)
         thickness = volume.meta.get("nominal_slice_thickness_mm") or spacing[0]
@@ -126,6 +143,14 @@ class CAC(FolderModel):
         }
         if restored.agatston is not None:
             values["agatston_restored"] = restored.agatston
+        values.update(findings)
+        if candidate_rows is None:
+            table = Table(Lesion.COLUMNS, [lesion.to_dict() for lesion in score.lesions])
+        else:
+            per_candidate = candidate_agatston(score)
+            for row in candidate_rows:
+                row["agatston"] = round(per_candidate.get(row["id"], 0.0), 3)
+            table = Table(CANDIDATE_COLUMNS, [{**row, **lps_centroid(row, volume.affine)} for row in candidate_rows])
         return Prediction(
             labels=labels, values=values, warnings=warnings,
             extra={"index_order": INDEX_ORDER, "score": score.to_dict(), "metal": metal, "dropped_lesions": dropped,
@@ -135,8 +160,129 @@ class CAC(FolderModel):
                              **heart.info},
                    "restoration": {"agatston": restored.agatston, "edge_sigma_mm": restored.edge_sigma_mm,
                                    "reason": restored.reason, "groups": restored.groups}},
-            tables={"lesions": Table(Lesion.COLUMNS, [lesion.to_dict() for lesion in score.lesions])},
+            tables={"lesions": table},
         )
+
+
+@dataclass
+class ScanContext:
+    """What every lesion method starts from: the heart, its region (the heart grown by :data:`HEART_MARGIN_MM`),
+    the metal found in it (mask and records) and the heart's soft-tissue level and noise SD (HU)."""
+
+    heart: HeartResult
+    region: np.ndarray
+    metal_mask: np.ndarray
+    metal: list[dict]
+    soft_tissue_hu: float
+    noise_sd: float
+
+
+def prepare_scan(hu: np.ndarray, spacing: tuple[float, float, float], direction: np.ndarray) -> ScanContext:
+    """Heart, region, contrast check, metal and noise of a canonical scan (see the module docstring, steps 1-3);
+    raises :class:`~medhub.errors.InputError` when the heart is not found or the scan has contrast."""
+    heart = segment_heart(hu, spacing, direction)
+    if not heart.found:
+        raise InputError(None, heart.reason or "heart not found", code="heart-not-found")
+    if heart.blood_pool_hu is not None and heart.blood_pool_hu > CONTRAST_BLOOD_POOL_HU:
+        raise InputError(None, f"contrast-enhanced: median blood pool {heart.blood_pool_hu:.0f} HU > "
+                         f"{CONTRAST_BLOOD_POOL_HU:.0f} HU; calcium scoring needs non-contrast CT",
+                         code="contrast")
+    region = heart_region(heart.mask, spacing, margin_mm=HEART_MARGIN_MM)
+    metal_mask, metal = find_metal(hu, region, spacing)
+    tissue_hu, noise_sd = soft_tissue_noise(hu, heart.mask)
+    return ScanContext(heart, region, metal_mask, metal, tissue_hu, noise_sd)
+
+
+#: Columns of ``lesions.csv`` on the candidate path: one row per candidate, with its decision.
+CANDIDATE_COLUMNS = (
+    "id", "first_slice", "last_slice", "centroid_k", "centroid_j", "centroid_i", "centroid_x_mm", "centroid_y_mm",
+    "centroid_z_mm", "volume_mm3", "max_area_mm2", "peak_hu", "heart_depth_mm", "p_coronary", "kind", "accepted",
+    "counted", "reason", "agatston")
+
+
+@dataclass
+class JudgedCandidates:
+    """The candidate path's result: ``coronary`` (int32 candidate ids on the scan's grid, where counted: cut at
+    half-maximum, past the lung and noise rules), the non-coronary findings by kind (bool masks, cut the same way),
+    the records of lesions the rules dropped, and one row per candidate (:data:`CANDIDATE_COLUMNS`, without the
+    LPS centroid and the Agatston score, which the caller adds)."""
+
+    coronary: np.ndarray
+    non_coronary: dict[str, np.ndarray]
+    dropped: list[dict]
+    rows: list[dict]
+
+
+#: Non-coronary kinds reported as findings of their own.
+FINDING_KINDS = ("aortic", "valve")
+
+
+def judge_candidates(hu: np.ndarray, spacing: tuple[float, float, float], scan: ScanContext,
+                     classifier_path: Path) -> JudgedCandidates:
+    """Every calcium candidate of the scan (:func:`~.candidates.find_candidates`), judged by the classifier
+    (:mod:`.classifier`); the accepted ones are cut at their half-maximum and pass the lung and noise rules."""
+    candidates = find_candidates(hu, spacing, scan.region & ~scan.metal_mask, scan.heart.mask,
+                                 soft_tissue_hu=scan.soft_tissue_hu, noise_sd=scan.noise_sd)
+    decisions = cached_classifier(classifier_path).predict(candidates.table)
+    accepted = decisions["accepted"].to_numpy(bool) if len(decisions) else np.zeros(0, bool)
+    footprint = half_maximum_footprint(hu, candidates.mask(accepted))
+    after_lung, dropped = drop_lung_contact(hu, footprint, spacing)
+    counted, noise_like = drop_noise_like(hu, after_lung, spacing, scan.soft_tissue_hu, scan.noise_sd)
+    non_coronary = {kind: half_maximum_footprint(hu, candidates.mask(
+        (~accepted) & (decisions["kind"].to_numpy() == kind))) if len(decisions) else np.zeros(hu.shape, bool)
+        for kind in FINDING_KINDS}
+    # counted voxels by candidate id; the half-maximum cut may take in a voxel next to its candidate
+    ids = np.zeros(hu.shape, np.int32)
+    box = candidates.box
+    if counted.any():
+        own = candidates.labels
+        ids[box] = np.where(counted[box], np.where(own > 0, own, ndi.grey_dilation(own, size=(3, 3, 3))), 0)
+    rows = []
+    objects = ndi.find_objects(candidates.labels) if len(candidates) else []
+    for i, (features, decision, where) in enumerate(zip(candidates.table.itertuples(index=False),
+                                                        decisions.itertuples(index=False), objects, strict=True),
+                                                    start=1):
+        local = tuple(slice(w.start + b.start, w.stop + b.start) for w, b in zip(where, box, strict=True))
+        own = candidates.labels[where] == i
+        reason = decision.reason
+        is_counted = bool(decision.accepted) and bool((ids[local][own] == i).any())
+        if decision.accepted and not is_counted:
+            reason = ("pulmonary: lung contact" if not after_lung[local][own].any() else "noise-like speck") \
+                if footprint[local][own].any() else "nothing left at its half-maximum"
+        rows.append({"id": i, "first_slice": features.first_slice, "last_slice": features.last_slice,
+                     **dict(zip(("centroid_k", "centroid_j", "centroid_i"), features.centroid_index, strict=True)),
+                     "volume_mm3": round(features.volume_mm3, 2), "max_area_mm2": round(features.max_area_mm2, 2),
+                     "peak_hu": features.peak_hu, "heart_depth_mm": round(features.heart_depth_mm, 1),
+                     "p_coronary": round(float(decision.p_coronary), 4), "kind": decision.kind,
+                     "accepted": bool(decision.accepted), "counted": is_counted, "reason": reason})
+    return JudgedCandidates(ids, non_coronary, dropped + noise_like, rows)
+
+
+_CLASSIFIERS: dict[tuple[str, float], CandidateClassifier] = {}
+
+
+def cached_classifier(path: Path) -> CandidateClassifier:
+    """The classifier at ``path``, loaded once per process (per file version)."""
+    key = (str(Path(path).resolve()), Path(path).stat().st_mtime)
+    if key not in _CLASSIFIERS:
+        _CLASSIFIERS.clear()
+        _CLASSIFIERS[key] = CandidateClassifier.load(path)
+    return _CLASSIFIERS[key]
+
+
+def candidate_agatston(score: CalciumScore) -> dict[int, float]:
+    """Agatston points per candidate id, from a score computed on the candidate-id map."""
+    out: dict[int, float] = {}
+    for lesion in score.lesions:
+        if lesion.mask_label:
+            out[int(lesion.mask_label)] = out.get(int(lesion.mask_label), 0.0) + lesion.agatston
+    return out
+
+
+def lps_centroid(row: dict, affine: np.ndarray) -> dict[str, float]:
+    """The row's canonical centroid index in LPS mm (``centroid_x_mm`` ...)."""
+    point = np.asarray(affine, float) @ np.array([row["centroid_k"], row["centroid_j"], row["centroid_i"], 1.0])
+    return {f"centroid_{axis}_mm": round(float(v), 2) for axis, v in zip("xyz", point[:3], strict=True)}
 
 
 def find_metal(hu: np.ndarray, region: np.ndarray, spacing_mm: tuple[float, float, float]

@@ -1,0 +1,274 @@
+"""Train the candidate classifier (:mod:`.classifier`) on phantoms and on real anatomy with inserted plaques.
+
+    medhub cac train-classifier [--phantoms 240] [--lidc-trials 40] [--out weights/cac_candidates.txt]
+                                [--leave-out-lidc DIR] [--workers 2]
+
+Examples come from two sources, each run through the model's own steps (:func:`~.model.prepare_scan`: our heart,
+region, metal and noise; then :func:`~.candidates.find_candidates`), so the classifier learns from exactly what it
+will see:
+
+1. **Phantoms** (:mod:`medhub.synth.cac_phantom`, seeds :data:`PHANTOM_FIRST_SEED` on, inside ``TRAIN_SEEDS`` and
+   apart from every seed the lesion network, the restoration and the validation sets use): the held-out
+   distribution's scanner draw (:func:`~medhub.synth.cac_phantom.random_phantom_params`; no contrast), with varied
+   coronary courses, base fat, heavy plaques and calcified lymph nodes round the aortic root in a share of them,
+   half resampled to DeepCAC's 3 mm grid (and of those, :data:`INSERT_SHARE` with 1-3 plaques inserted into their
+   epicardial fat at any depth, as in source 2) and a third shifted by a calibration offset of up to ±25 HU. Each
+   candidate's class is the phantom's truth: the calcification (coronary, aortic wall, valve or annulus) holding
+   most of its voxels, else "other" (noise, bone, a lymph node, a stent's remains).
+2. **Real chest CT** (the shared LIDC scans, ``../shared/data/lidc_chest_ct``): 3 plaques per trial inserted into
+   epicardial fat (:mod:`medhub.synth.plaque_insertion`; heavy calcifications in a quarter of the trials, sites at
+   any depth in DeepCAC's heart mask), a calibration offset of up to ±20 HU. Candidates on an inserted plaque or on
+   DeepCAC's calcium mask are coronary; every other candidate is "other" (on these two scans: ribs, sternum,
+   costal cartilage). The scan's own background candidates repeat in every trial, so they weigh
+   :data:`REPEAT_WEIGHT` each.
+
+The insertion benchmark (``benchmarks/cac_lesion_insertion.py``) draws its plaques from other seeds; to measure on
+a real scan the classifier has not seen, ``--leave-out-lidc DIR`` also fits ``DIR/without_<case>.txt`` for each
+LIDC case, on everything but that scan.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage as ndi
+
+from medhub.io.orientation import apply_canonical, canonical_volume
+from medhub.io.volume import Volume
+from medhub.models.cac.candidates import find_candidates
+from medhub.models.cac.classifier import CLASSES, CandidateClassifier
+from medhub.models.cac.model import prepare_scan
+
+FOLDER = Path(__file__).resolve().parent
+DEFAULT_OUT = FOLDER / "weights" / "cac_candidates.txt"
+LIDC = FOLDER.parents[3].parent / "shared" / "data" / "lidc_chest_ct"
+LIDC_CASES = ("0187", "0987")
+#: First phantom seed: the lesion network used 0-679, the restoration 1,300-2,899, validation 5,000-6,059.
+PHANTOM_FIRST_SEED = 7000
+#: Weight of a real scan's own background candidates, which come back in every trial.
+REPEAT_WEIGHT = 0.2
+#: Kind codes of the phantom's calcifications and the class each stands for.
+KIND_CLASS = {"coronary": "coronary", "aortic": "aortic", "valve": "valve", "annulus": "valve"}
+
+
+def candidate_examples(volume: Volume, truth: np.ndarray, class_of_code: dict[int, str], scan: str,
+                       weight_of_code: dict[int, float] | None = None) -> pd.DataFrame:
+    """The candidates of ``volume`` (any orientation) with their features, ``class`` and ``weight``.
+
+    ``truth`` is an int code map on the volume's grid; a candidate takes the class of the code holding most of its
+    voxels (codes dilated by one voxel, as the PSF spreads calcium past its edge), "other" when no code does.
+    """
+    canonical, transform = canonical_volume(volume)
+    codes = np.asarray(apply_canonical(truth, transform))
+    hu = canonical.array
+    context = prepare_scan(hu, canonical.spacing, canonical.direction)
+    candidates = find_candidates(hu, canonical.spacing, context.region & ~context.metal_mask, context.heart.mask,
+                                 soft_tissue_hu=context.soft_tissue_hu, noise_sd=context.noise_sd)
+    table = candidates.table.copy()
+    if not len(table):
+        return table
+    codes = codes[candidates.box]
+    grown = ndi.grey_dilation(codes, size=(3, 3, 3)) if codes.any() else codes
+    classes, weights = [], []
+    for index, box in enumerate(ndi.find_objects(candidates.labels), start=1):
+        values = grown[box][candidates.labels[box] == index]
+        values = values[values > 0]
+        code = int(np.bincount(values).argmax()) if len(values) else 0
+        classes.append(class_of_code.get(code, "other"))
+        weights.append((weight_of_code or {}).get(code, 1.0))
+    table["class"] = classes
+    table["weight"] = weights
+    table["scan"] = scan
+    return table.drop(columns=["centroid_index"])
+
+
+def phantom_examples(seed: int) -> pd.DataFrame:
+    """Candidates of one training phantom (see the module docstring, source 1)."""
+    from medhub.io.nifti import resample_isotropic
+    from medhub.synth.cac_phantom import TRAIN_SEEDS, make_cac_phantom, random_phantom_params
+
+    if seed not in TRAIN_SEEDS:
+        raise ValueError(f"seed {seed} is not a training seed")
+    rng = np.random.default_rng([seed, 0xCA7D])
+    params = {**random_phantom_params(seed), "contrast": False,
+              "coronary_variation": bool(rng.random() < 0.5), "base_fat": bool(rng.random() < 0.4),
+              "large_plaques": bool(rng.random() < 0.3), "nodes": bool(rng.random() < 0.5)}
+    phantom = make_cac_phantom(**params)
+    codes = np.zeros(phantom.hu.shape, np.uint8)
+    names = list(dict.fromkeys(KIND_CLASS.values()))
+    for plaque in phantom.truth["plaques"]:
+        if plaque["kind"] in KIND_CLASS:
+            voxels = np.asarray(plaque["voxels"])
+            codes[tuple(voxels.T)] = names.index(KIND_CLASS[plaque["kind"]]) + 1
+    hu = phantom.hu.astype(np.float32)
+    if rng.random() < 1 / 3:
+        hu += float(rng.uniform(-25.0, 25.0))
+    volume = Volume(np.rint(hu).astype(np.int16), phantom.affine, modality="CT",
+                    meta={"nominal_slice_thickness_mm": phantom.slice_thickness_mm})
+    if rng.random() < 0.5:
+        volume, masks = resample_isotropic(volume, 3.0, [phantom.heart_mask,
+                                                         *(codes == i + 1 for i in range(len(names)))])
+        heart, masks = masks[0], masks[1:]
+        # nearest neighbour can miss a small plaque: also take its voxel of highest overlap
+        codes = np.zeros(volume.shape, np.uint8)
+        for i, mask in enumerate(masks):
+            codes[mask] = i + 1
+        codes = _add_missed(codes, phantom, volume, names)
+        if rng.random() < INSERT_SHARE:
+            volume, codes = _with_inserted_plaques(volume, heart, codes, names.index("coronary") + 1, rng)
+    return candidate_examples(volume, codes, {i + 1: n for i, n in enumerate(names)}, f"phantom {seed}")
+
+
+#: Share of the 3 mm phantoms that also get plaques inserted into their epicardial fat at any depth, as the real
+#: scans do (the phantoms' own plaques follow their coronary paths only).
+INSERT_SHARE = 0.6
+
+
+def _with_inserted_plaques(volume: Volume, heart: np.ndarray, codes: np.ndarray, code: int,
+                           rng: np.random.Generator) -> tuple[Volume, np.ndarray]:
+    """1-3 plaques inserted into the epicardial fat of a 3 mm phantom (:mod:`medhub.synth.plaque_insertion`),
+    marked ``code`` in ``codes``."""
+    from medhub.models.cac.train import insertion_sites
+    from medhub.synth.plaque_insertion import insert_plaques, pick_sites
+
+    hu = volume.array.astype(np.float32)
+    sites = insertion_sites(hu, heart, (hu >= 130) | (codes > 0), volume.spacing, clear_mm=12.0, lung_clear_mm=6.0)
+    sites = sites[np.all((sites >= 5) & (sites < np.array(hu.shape) - 5), axis=1)]
+    chosen = pick_sites(sites, volume.spacing, int(rng.integers(1, 4)), 30.0, rng)
+    inserted = insert_plaques(hu, volume.spacing, chosen, rng, large=bool(rng.random() < 0.25))
+    codes = codes.copy()
+    for footprint in inserted.footprints:
+        codes[footprint & (codes == 0)] = code
+    return volume.with_array(inserted.hu), codes
+
+
+def _add_missed(codes: np.ndarray, phantom: Any, volume: Volume, names: list[str]) -> np.ndarray:
+    """Mark each phantom calcification at the resampled voxels nearest its own voxels (so that a plaque smaller
+    than a 3 mm voxel still has a code)."""
+    inverse = np.linalg.inv(volume.affine)
+    for plaque in phantom.truth["plaques"]:
+        if plaque["kind"] not in KIND_CLASS:
+            continue
+        voxels = np.asarray(plaque["voxels"], float)
+        mm = voxels @ phantom.affine[:3, :3].T + phantom.affine[:3, 3]
+        index = np.rint(mm @ inverse[:3, :3].T + inverse[:3, 3]).astype(int)
+        index = index[np.all((index >= 0) & (index < volume.shape), axis=1)]
+        if len(index):
+            target = codes[tuple(index.T)]
+            codes[tuple(index[target == 0].T)] = names.index(KIND_CLASS[plaque["kind"]]) + 1
+    return codes
+
+
+def lidc_examples(case: str, trial: int, seed: int = 1) -> pd.DataFrame:
+    """Candidates of one LIDC scan with three inserted plaques (see the module docstring, source 2)."""
+    from medhub.io.nifti import read_volume
+    from medhub.models.cac.train import insertion_sites
+    from medhub.synth.plaque_insertion import insert_plaques, pick_sites
+
+    rng = np.random.default_rng([seed, int(case), trial, 0x11DC])
+    volume = read_volume(LIDC / f"{case}_ct_3mm.nrrd")
+    labels = read_volume(LIDC / f"{case}_labels_3mm.nrrd").array
+    hu0 = volume.array.astype(np.float32)
+    heart, calcium = labels == 1, labels == 3
+    sites = insertion_sites(hu0, heart, (hu0 >= 130) | calcium, volume.spacing, clear_mm=12.0, lung_clear_mm=6.0)
+    chosen = pick_sites(sites, volume.spacing, 3, 30.0, rng)
+    inserted = insert_plaques(hu0, volume.spacing, chosen, rng, large=bool(rng.random() < 0.25))
+    hu = inserted.hu.astype(np.float32) + float(rng.uniform(-20.0, 20.0))
+    codes = np.where(calcium, 1, 0).astype(np.uint8)
+    for footprint in inserted.footprints:
+        codes[footprint & (codes == 0)] = 2
+    # the scan's own candidates (code 0 or 1) repeat in every trial
+    table = candidate_examples(Volume(np.rint(hu).astype(np.int16), volume.affine, modality="CT"), codes,
+                               {1: "coronary", 2: "coronary"}, f"lidc {case}",
+                               weight_of_code={0: REPEAT_WEIGHT, 1: REPEAT_WEIGHT})
+    table["trial"] = trial
+    return table
+
+
+def collect(phantom_seeds: Iterable[int], lidc_trials: int, workers: int = 1, progress: bool = True
+            ) -> pd.DataFrame:
+    """Every example, from ``workers`` processes (each one thread)."""
+    jobs: list[tuple[Any, tuple]] = [(phantom_examples, (s,)) for s in phantom_seeds]
+    if LIDC.is_dir():
+        jobs += [(lidc_examples, (case, t)) for t in range(lidc_trials) for case in LIDC_CASES]
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    tables = []
+    with Progress(TextColumn("[bold]candidate examples"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  disable=not progress) as bar:
+        task = bar.add_task("examples", total=len(jobs))
+        if workers <= 1:
+            for job in jobs:
+                tables.append(_run(job))
+                bar.advance(task)
+        else:
+            import multiprocessing as mp
+
+            with mp.get_context("spawn").Pool(workers, initializer=_one_thread) as pool:
+                for table in pool.imap_unordered(_run, jobs):
+                    tables.append(table)
+                    bar.advance(task)
+    return pd.concat([t for t in tables if len(t)], ignore_index=True)
+
+
+def _one_thread() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _run(job: tuple[Any, tuple]) -> pd.DataFrame:
+    """One job's examples; a scan the model refuses (no heart found) gives none, and says so."""
+    from medhub.errors import MedhubError
+
+    function, args = job
+    try:
+        return function(*args)
+    except MedhubError as error:
+        print(f"{function.__name__}{args}: skipped, {error}", flush=True)
+        return pd.DataFrame()
+
+
+def fit(examples: pd.DataFrame, record: dict[str, Any]) -> CandidateClassifier:
+    return CandidateClassifier().fit(examples, examples["class"].to_numpy(), examples["scan"].to_numpy(),
+                                     examples["weight"].to_numpy(), record=record)
+
+
+def train(out: Path = DEFAULT_OUT, *, phantoms: int = 240, lidc_trials: int = 40, workers: int = 2,
+          leave_out_lidc: Path | None = None, examples_csv: Path | None = None, progress: bool = True
+          ) -> CandidateClassifier:
+    """Collect the examples (or read them from ``examples_csv`` when it exists), fit, save; see the module
+    docstring."""
+    start = time.time()
+    if examples_csv is not None and Path(examples_csv).exists():
+        examples = pd.read_csv(examples_csv)
+    else:
+        seeds = range(PHANTOM_FIRST_SEED, PHANTOM_FIRST_SEED + phantoms)
+        examples = collect(seeds, lidc_trials, workers, progress)
+        if examples_csv is not None:
+            examples.to_csv(examples_csv, index=False)
+    record = {"phantom_seeds": [PHANTOM_FIRST_SEED, PHANTOM_FIRST_SEED + phantoms - 1],
+              "lidc_trials_per_case": lidc_trials if LIDC.is_dir() else 0,
+              "command": f"medhub cac train-classifier --phantoms {phantoms} --lidc-trials {lidc_trials}",
+              "collected_in_s": round(time.time() - start)}
+    model = fit(examples, record)
+    model.save(out)
+    if leave_out_lidc is not None:
+        Path(leave_out_lidc).mkdir(parents=True, exist_ok=True)
+        for case in LIDC_CASES:
+            rest = examples[examples["scan"] != f"lidc {case}"]
+            fit(rest, {**record, "left_out": f"lidc {case}"}).save(Path(leave_out_lidc) / f"without_{case}.txt")
+    return model
+
+
+def summary(model: CandidateClassifier) -> str:
+    report = model.record.get("out_of_fold", {})
+    return (f"{model.record.get('rows')} candidates from {model.record.get('scans')} scans "
+            f"({json.dumps(model.record.get('rows_per_class'))}); out of fold: {json.dumps(report)}; classes "
+            f"{', '.join(CLASSES)}")

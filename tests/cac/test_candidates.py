@@ -1,0 +1,146 @@
+"""Calcium candidates, their classifier, plaque insertion and the lymph-node distractors of the phantoms."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from medhub.errors import InputError
+from medhub.models.cac.candidates import FEATURES, find_candidates
+from medhub.models.cac.classifier import CLASSES, CandidateClassifier, calibration_report
+
+SPACING = (1.0, 0.8, 0.8)
+
+
+def _scan() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A 100 x 96 x 96 block of soft tissue (40 HU) with a heart ball, a 400 HU plaque on its surface, a 160 HU
+    speck inside it and a 700 HU bar (bone) running along z far beyond the region at the back."""
+    hu = np.full((100, 96, 96), 40, np.int16)
+    z, y, x = np.indices(hu.shape)
+    heart = ((z - 50) * 1.0) ** 2 + ((y - 48) * 0.8) ** 2 + ((x - 48) * 0.8) ** 2 <= 22.0 ** 2
+    hu[48:51, 20:23, 47:50] = 400  # plaque: 3 slices of 3 x 3 pixels at the heart's front edge
+    hu[50, 48, 48] = 160  # speck
+    hu[:, 88:92, 40:56] = 700  # bone bar
+    region = np.zeros(hu.shape, bool)
+    region[25:75, 5:92, 5:92] = True
+    return hu, heart, region
+
+
+def test_every_component_above_130_hu_in_the_region_is_a_candidate_with_its_features() -> None:
+    hu, heart, region = _scan()
+    candidates = find_candidates(hu, SPACING, region, heart, soft_tissue_hu=40.0, noise_sd=10.0)
+    table = candidates.table
+    assert len(candidates) == 3 and list(table.columns[: len(FEATURES)]) == list(FEATURES)
+    plaque = table[table["peak_hu"] == 400].iloc[0]
+    assert plaque["volume_mm3"] == pytest.approx(27 * 0.64)
+    assert plaque["max_area_mm2"] == pytest.approx(9 * 0.64)
+    assert plaque["z_extent_mm"] == pytest.approx(3.0)
+    assert plaque["peak_sd"] == pytest.approx((400 - 40) / 10.0)
+    assert plaque["dense_structure_open"] == 0.0 and plaque["shell_soft_fraction"] == 1.0
+    speck = table[table["peak_hu"] == 160].iloc[0]
+    assert speck["heart_fraction"] == 1.0 and speck["heart_depth_mm"] > 15.0
+    assert speck["axis_distance"] < plaque["axis_distance"]  # the speck sits near the heart's centre
+    bone = table[table["peak_hu"] == 700].iloc[0]
+    assert bone["dense_structure_open"] == 1.0 and bone["heart_depth_mm"] < 0
+    # the label map and the table agree: candidate i is row i - 1
+    mask = candidates.mask(table["peak_hu"].to_numpy() == 400)
+    assert mask.sum() == 27 and (hu[mask] == 400).all()
+    assert candidates.full_labels()[50, 48, 48] == table.index[table["peak_hu"] == 160][0] + 1
+
+
+def test_no_candidate_when_nothing_reaches_130_hu() -> None:
+    hu, heart, region = _scan()
+    hu[hu >= 130] = 100
+    candidates = find_candidates(hu, SPACING, region, heart)
+    assert len(candidates) == 0 and not candidates.mask(np.zeros(0, bool)).any()
+
+
+def _examples(n: int, seed: int) -> pd.DataFrame:
+    """Separable examples: coronary ones small and in fat on the heart's surface, the others not."""
+    rng = np.random.default_rng(seed)
+    classes = rng.choice(CLASSES, size=n, p=[0.3, 0.2, 0.2, 0.3])
+    frame = pd.DataFrame(rng.normal(size=(n, len(FEATURES))), columns=list(FEATURES))
+    frame.loc[classes == "coronary", "shell_fat_fraction"] += 5.0
+    frame.loc[classes == "aortic", "rel_z"] += 5.0
+    frame.loc[classes == "valve", "axis_distance"] -= 5.0
+    frame["class"] = classes
+    frame["scan"] = np.arange(n) // 10
+    return frame
+
+
+def test_classifier_learns_calibrates_and_round_trips(tmp_path: Path) -> None:
+    train, test = _examples(600, 0), _examples(300, 1)
+    model = CandidateClassifier(rounds=60).fit(train, train["class"], train["scan"])
+    assert model.record["out_of_fold"]["recall"] > 0.9 and model.record["out_of_fold"]["precision"] > 0.9
+    decisions = model.predict(test)
+    truth = (test["class"] == "coronary").to_numpy()
+    assert ((decisions["accepted"].to_numpy() == truth).mean()) > 0.95
+    assert decisions["p_coronary"].between(0, 1).all()
+    rejected = decisions[~decisions["accepted"]]
+    assert (rejected["kind"].to_numpy() == test.loc[rejected.index, "class"].to_numpy()).mean() > 0.9
+    assert rejected["reason"].str.startswith("not coronary (p ").all()
+    path = model.save(tmp_path / "classifier.txt")
+    again = CandidateClassifier.load(path)
+    pd.testing.assert_frame_equal(again.predict(test), decisions)
+    assert model.predict(test.iloc[:0]).empty
+
+
+def test_classifier_refuses_a_model_trained_on_other_features(tmp_path: Path) -> None:
+    import json
+
+    train = _examples(200, 0)
+    path = CandidateClassifier(rounds=5, folds=2).fit(train, train["class"], train["scan"]).save(tmp_path / "c.txt")
+    sidecar = json.loads(path.with_suffix(".json").read_text())
+    sidecar["features"] = sidecar["features"][:-1]
+    path.with_suffix(".json").write_text(json.dumps(sidecar))
+    with pytest.raises(ValueError, match="trained on features"):
+        CandidateClassifier.load(path)
+
+
+def test_calibration_report_of_a_perfect_and_a_useless_score() -> None:
+    truth = np.array([1, 1, 0, 0, 1, 0], float)
+    perfect = calibration_report(truth, truth)
+    assert perfect == {"brier": 0.0, "ece": 0.0, "precision": 1.0, "recall": 1.0}
+    useless = calibration_report(np.full(6, 0.5), truth)
+    assert useless["brier"] == 0.25 and useless["ece"] == 0.0 and useless["precision"] == 0.5
+
+
+def test_errors_cross_process_boundaries_whole() -> None:
+    error = pickle.loads(pickle.dumps(InputError("scan.nrrd", "heart not found", code="heart-not-found")))
+    assert str(error) == "scan.nrrd: heart not found" and error.code == "heart-not-found"
+
+
+def test_inserted_plaque_lands_at_its_site_with_the_scanners_blur() -> None:
+    from medhub.synth.plaque_insertion import insert_plaques
+
+    hu = np.full((20, 20, 20), -100, np.int16)  # fat
+    inserted = insert_plaques(hu, (3.0, 3.0, 3.0), [np.array([10, 10, 10])], np.random.default_rng(0),
+                              vessel=False)
+    footprint = inserted.footprints[0]
+    assert footprint[10, 10, 10] and footprint.sum() < 9 ** 3
+    block = np.zeros(hu.shape, bool)
+    block[6:15, 6:15, 6:15] = True  # HALF_BOX = 4 voxels each side of the site
+    assert (inserted.hu[~block] == -100).all() and not (footprint & ~block).any()
+    peak = inserted.hu.max()
+    assert -100 < peak <= inserted.plaques[0]["plaque_hu"]  # a 3 mm voxel holds only part of the plaque
+    again = insert_plaques(hu, (3.0, 3.0, 3.0), [np.array([10, 10, 10])], np.random.default_rng(0), vessel=False)
+    assert np.array_equal(again.hu, inserted.hu)
+
+
+def test_phantom_nodes_and_granulomas_are_extra_non_coronary_calcium_outside_the_heart() -> None:
+    from medhub.synth.cac_phantom import OTHER_CALCIUM, make_cac_phantom
+
+    kwargs = {"shape": (60, 192, 192), "spacing": (2.0, 1.2, 1.2), "n_plaques": 2}
+    plain, with_nodes = make_cac_phantom(3, **kwargs), make_cac_phantom(3, nodes=True, **kwargs)
+    nodes = [p for p in with_nodes.truth["plaques"] if p["kind"] in ("node", "granuloma")]
+    assert nodes and not any(p["kind"] == "node" for p in plain.truth["plaques"])
+    for node in nodes:
+        voxels = tuple(np.asarray(node["voxels"]).T)
+        assert not with_nodes.heart_mask[voxels].any() and (with_nodes.labels[voxels] == OTHER_CALCIUM).all()
+    # everything else stays where it was
+    assert [p for p in with_nodes.truth["plaques"] if p not in nodes] == plain.truth["plaques"]
+    assert with_nodes.truth["totals"] == plain.truth["totals"]
