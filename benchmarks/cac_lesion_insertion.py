@@ -61,13 +61,19 @@ from medhub.synth.cac_phantom import (
     make_cac_phantom,
     random_phantom_params,
 )
-from medhub.synth.plaque_insertion import analytic_agatston, insert_plaques, pick_sites
+from medhub.synth.plaque_insertion import (
+    MIN_APART_MM,
+    PLAQUES_PER_TRIAL,
+    SITE_CLEAR_MM,
+    SITE_LUNG_CLEAR_MM,
+    analytic_agatston,
+    insert_plaques,
+    pick_sites,
+)
 
 LIDC = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "lidc_chest_ct"
 CASES = ("0187", "0987")
 HEART, CALCIUM = 1, 3  # DeepCAC's labels
-CLEAR_MM, LUNG_CLEAR_MM = 12.0, 6.0  # sites this far from calcium or bone already there, and from lung
-PLAQUES_PER_TRIAL, MIN_APART_MM = 3, 30.0
 
 
 #: Depth bands (mm from the heart mask's edge) of the detection breakdown.
@@ -114,7 +120,7 @@ def run_trials(case: str, volume: Volume, labels: np.ndarray, trials: int, model
     own_region = dilate_mm(labels == CALCIUM, spacing, 6.0)
     naive_region = dilate_mm(labels == HEART, spacing, 5.0)
     sites = insertion_sites(hu0, labels == HEART, (hu0 >= 130) | (labels == CALCIUM), spacing,
-                            clear_mm=CLEAR_MM, lung_clear_mm=LUNG_CLEAR_MM)
+                            clear_mm=SITE_CLEAR_MM, lung_clear_mm=SITE_LUNG_CLEAR_MM)
     depth_mm = ndi.distance_transform_edt(labels == HEART, sampling=spacing)
     plaque_rows, scan_rows = [], []
     for trial in range(trials):

@@ -35,6 +35,10 @@ FINE_MM = 0.2
 #: The target-grid block (voxels each side of the site) that a plaque and its vessel may touch; wider for the
 #: heavy calcifications (up to 10 mm half-length, plus the slice profile and the resampling).
 HALF_BOX, HALF_BOX_LARGE = 4, 5
+#: Where plaques go on a real scan (with :func:`medhub.models.cac.train.insertion_sites`): this far (mm) from
+#: calcium or bone already there and from lung, and per trial this many plaques at least this far apart (mm).
+SITE_CLEAR_MM, SITE_LUNG_CLEAR_MM = 12.0, 6.0
+PLAQUES_PER_TRIAL, MIN_APART_MM = 3, 30.0
 #: Lumen radius (mm) and HU of the vessel around a plaque (non-contrast blood).
 VESSEL_RADIUS_MM, LUMEN_HU = (1.0, 2.0), 40.0
 

@@ -20,6 +20,7 @@ Pipeline on a :class:`~medhub.io.volume.Volume` (HU, LPS), viewed in canonical o
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,7 @@ from medhub.hub.model import FolderModel, Prediction, Table
 from medhub.io.orientation import canonical_volume, undo_canonical
 from medhub.io.volume import Volume
 from medhub.masks import crop_box
-from medhub.models.cac.candidates import find_candidates
+from medhub.models.cac.candidates import Candidates, find_candidates
 from medhub.models.cac.classifier import CandidateClassifier
 from medhub.models.cac.heart import HeartResult, heart_region, segment_heart
 from medhub.models.cac.lesions import (
@@ -176,6 +177,11 @@ class ScanContext:
     soft_tissue_hu: float
     noise_sd: float
 
+    def candidates(self, hu: np.ndarray, spacing: tuple[float, float, float]) -> Candidates:
+        """The scan's calcium candidates (:func:`~.candidates.find_candidates`): in the region, metal excluded."""
+        return find_candidates(hu, spacing, self.region & ~self.metal_mask, self.heart.mask,
+                               soft_tissue_hu=self.soft_tissue_hu, noise_sd=self.noise_sd)
+
 
 def prepare_scan(hu: np.ndarray, spacing: tuple[float, float, float], direction: np.ndarray) -> ScanContext:
     """Heart, region, contrast check, metal and noise of a canonical scan (see the module docstring, steps 1-3);
@@ -221,8 +227,7 @@ def judge_candidates(hu: np.ndarray, spacing: tuple[float, float, float], scan: 
                      classifier_path: Path) -> JudgedCandidates:
     """Every calcium candidate of the scan (:func:`~.candidates.find_candidates`), judged by the classifier
     (:mod:`.classifier`); the accepted ones are cut at their half-maximum and pass the lung and noise rules."""
-    candidates = find_candidates(hu, spacing, scan.region & ~scan.metal_mask, scan.heart.mask,
-                                 soft_tissue_hu=scan.soft_tissue_hu, noise_sd=scan.noise_sd)
+    candidates = scan.candidates(hu, spacing)
     decisions = cached_classifier(classifier_path).predict(candidates.table)
     accepted = decisions["accepted"].to_numpy(bool) if len(decisions) else np.zeros(0, bool)
     footprint = half_maximum_footprint(hu, candidates.mask(accepted))
@@ -258,16 +263,15 @@ def judge_candidates(hu: np.ndarray, spacing: tuple[float, float, float], scan: 
     return JudgedCandidates(ids, non_coronary, dropped + noise_like, rows)
 
 
-_CLASSIFIERS: dict[tuple[str, float], CandidateClassifier] = {}
+@lru_cache(maxsize=2)
+def _classifier(path: str, mtime: float) -> CandidateClassifier:
+    return CandidateClassifier.load(path)
 
 
 def cached_classifier(path: Path) -> CandidateClassifier:
-    """The classifier at ``path``, loaded once per process (per file version)."""
-    key = (str(Path(path).resolve()), Path(path).stat().st_mtime)
-    if key not in _CLASSIFIERS:
-        _CLASSIFIERS.clear()
-        _CLASSIFIERS[key] = CandidateClassifier.load(path)
-    return _CLASSIFIERS[key]
+    """The classifier at ``path``, loaded once per process (per file version), as the restoration's network is."""
+    path = Path(path).resolve()
+    return _classifier(str(path), path.stat().st_mtime)
 
 
 def candidate_agatston(score: CalciumScore) -> dict[int, float]:

@@ -41,7 +41,6 @@ from scipy import ndimage as ndi
 
 from medhub.io.orientation import apply_canonical, canonical_volume
 from medhub.io.volume import Volume
-from medhub.models.cac.candidates import find_candidates
 from medhub.models.cac.classifier import CLASSES, CandidateClassifier
 from medhub.models.cac.model import prepare_scan
 
@@ -67,9 +66,7 @@ def candidate_examples(volume: Volume, truth: np.ndarray, class_of_code: dict[in
     canonical, transform = canonical_volume(volume)
     codes = np.asarray(apply_canonical(truth, transform))
     hu = canonical.array
-    context = prepare_scan(hu, canonical.spacing, canonical.direction)
-    candidates = find_candidates(hu, canonical.spacing, context.region & ~context.metal_mask, context.heart.mask,
-                                 soft_tissue_hu=context.soft_tissue_hu, noise_sd=context.noise_sd)
+    candidates = prepare_scan(hu, canonical.spacing, canonical.direction).candidates(hu, canonical.spacing)
     table = candidates.table.copy()
     if not len(table):
         return table
@@ -115,7 +112,7 @@ def phantom_examples(seed: int) -> pd.DataFrame:
         volume, masks = resample_isotropic(volume, 3.0, [phantom.heart_mask,
                                                          *(codes == i + 1 for i in range(len(names)))])
         heart, masks = masks[0], masks[1:]
-        # nearest neighbour can miss a small plaque: also take its voxel of highest overlap
+        # nearest neighbour can miss a plaque smaller than a 3 mm voxel: _add_missed marks its nearest voxels
         codes = np.zeros(volume.shape, np.uint8)
         for i, mask in enumerate(masks):
             codes[mask] = i + 1
@@ -135,12 +132,21 @@ def _with_inserted_plaques(volume: Volume, heart: np.ndarray, codes: np.ndarray,
     """1-3 plaques inserted into the epicardial fat of a 3 mm phantom (:mod:`medhub.synth.plaque_insertion`),
     marked ``code`` in ``codes``."""
     from medhub.models.cac.train import insertion_sites
-    from medhub.synth.plaque_insertion import insert_plaques, pick_sites
+    from medhub.synth.plaque_insertion import (
+        HALF_BOX_LARGE,
+        MIN_APART_MM,
+        SITE_CLEAR_MM,
+        SITE_LUNG_CLEAR_MM,
+        insert_plaques,
+        pick_sites,
+    )
 
     hu = volume.array.astype(np.float32)
-    sites = insertion_sites(hu, heart, (hu >= 130) | (codes > 0), volume.spacing, clear_mm=12.0, lung_clear_mm=6.0)
-    sites = sites[np.all((sites >= 5) & (sites < np.array(hu.shape) - 5), axis=1)]
-    chosen = pick_sites(sites, volume.spacing, int(rng.integers(1, 4)), 30.0, rng)
+    sites = insertion_sites(hu, heart, (hu >= 130) | (codes > 0), volume.spacing, clear_mm=SITE_CLEAR_MM,
+                            lung_clear_mm=SITE_LUNG_CLEAR_MM)
+    # a plaque's block must fit inside the phantom's smaller field of view
+    sites = sites[np.all((sites >= HALF_BOX_LARGE) & (sites < np.array(hu.shape) - HALF_BOX_LARGE), axis=1)]
+    chosen = pick_sites(sites, volume.spacing, int(rng.integers(1, 4)), MIN_APART_MM, rng)
     inserted = insert_plaques(hu, volume.spacing, chosen, rng, large=bool(rng.random() < 0.25))
     codes = codes.copy()
     for footprint in inserted.footprints:
@@ -169,15 +175,23 @@ def lidc_examples(case: str, trial: int, seed: int = 1) -> pd.DataFrame:
     """Candidates of one LIDC scan with three inserted plaques (see the module docstring, source 2)."""
     from medhub.io.nifti import read_volume
     from medhub.models.cac.train import insertion_sites
-    from medhub.synth.plaque_insertion import insert_plaques, pick_sites
+    from medhub.synth.plaque_insertion import (
+        MIN_APART_MM,
+        PLAQUES_PER_TRIAL,
+        SITE_CLEAR_MM,
+        SITE_LUNG_CLEAR_MM,
+        insert_plaques,
+        pick_sites,
+    )
 
     rng = np.random.default_rng([seed, int(case), trial, 0x11DC])
     volume = read_volume(LIDC / f"{case}_ct_3mm.nrrd")
     labels = read_volume(LIDC / f"{case}_labels_3mm.nrrd").array
     hu0 = volume.array.astype(np.float32)
     heart, calcium = labels == 1, labels == 3
-    sites = insertion_sites(hu0, heart, (hu0 >= 130) | calcium, volume.spacing, clear_mm=12.0, lung_clear_mm=6.0)
-    chosen = pick_sites(sites, volume.spacing, 3, 30.0, rng)
+    sites = insertion_sites(hu0, heart, (hu0 >= 130) | calcium, volume.spacing, clear_mm=SITE_CLEAR_MM,
+                            lung_clear_mm=SITE_LUNG_CLEAR_MM)
+    chosen = pick_sites(sites, volume.spacing, PLAQUES_PER_TRIAL, MIN_APART_MM, rng)
     inserted = insert_plaques(hu0, volume.spacing, chosen, rng, large=bool(rng.random() < 0.25))
     hu = inserted.hu.astype(np.float32) + float(rng.uniform(-20.0, 20.0))
     codes = np.where(calcium, 1, 0).astype(np.uint8)
