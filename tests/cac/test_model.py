@@ -14,7 +14,7 @@ from medhub.errors import InputError
 from medhub.io.orientation import reoriented
 from medhub.io.volume import Volume
 from medhub.models.cac.lesions import drop_lung_contact, drop_noise_like, half_maximum_footprint, soft_tissue_noise
-from medhub.models.cac.model import CAC, METAL_HU, find_metal, is_part_of_bone
+from medhub.models.cac.model import CAC, CANDIDATE_COLUMNS, METAL_HU, find_metal, is_part_of_bone
 from medhub.synth.cac_phantom import make_cac_phantom
 from tests.conftest import SHARED_DATA, run_cli
 
@@ -52,9 +52,11 @@ def test_real_lidc_scores(case: str, categories: set[str]) -> None:
     prediction = _model().predict(read_volume(LIDC / f"{case}_ct_3mm.nrrd"))
     assert prediction.values["risk_category"] in categories
     if case == "0187":
-        # DeepCAC's reference is 0; the one bright spot on the heart's lung border is dropped as pulmonary
+        # DeepCAC's reference is 0: every candidate (ribs, sternum, cartilage, the bright spot on the heart's lung
+        # border) is judged and none is counted, each with its reason
         assert prediction.values["agatston"] == 0
-        assert [d["reason"] for d in prediction.extra["dropped_lesions"]] == ["lung contact"]
+        rows = prediction.tables["lesions"].rows
+        assert rows and not any(row["counted"] for row in rows) and all(row["reason"] for row in rows)
     else:
         ref = read_volume(LIDC / f"{case}_labels_3mm.nrrd").array == 3
         found = prediction.labels == 2
@@ -95,7 +97,6 @@ def test_run_writes_coded_referenced_seg_and_sr_and_a_lesion_table(tmp_path: Pat
 
     import pydicom
 
-    from medhub.cac.scoring import Lesion
     from medhub.hub.runner import run
     from tests.io.dicom_sources import dciodvfy_errors
 
@@ -113,8 +114,15 @@ def test_run_writes_coded_referenced_seg_and_sr_and_a_lesion_table(tmp_path: Pat
 
     with open(result.outputs["lesions"], newline="") as f:
         rows = list(csv.DictReader(f))
-    assert tuple(rows[0]) == Lesion.COLUMNS and len(rows) == result.values["lesion_count"]
+    # one row per candidate, counted or not, with the classifier's probability and the reason for its decision
+    assert tuple(rows[0]) == CANDIDATE_COLUMNS
+    counted = [r for r in rows if r["counted"] == "True"]
+    assert counted and all(float(r["p_coronary"]) >= 0.5 and r["accepted"] == "True" for r in counted)
+    assert all(r["reason"] for r in rows if r["counted"] == "False")
     assert sum(float(r["agatston"]) for r in rows) == pytest.approx(result.values["agatston"])
+    # what was judged non-coronary is reported as its own finding, under medhub's codes
+    assert {"CAC-AORTIC", "CAC-VALVE"} <= concepts
+    assert "aortic_calcium_agatston" in result.values and "valve_calcium_agatston" in result.values
     assert json.loads((tmp_path / "out" / "run.json").read_text())["model"]["version"] == _model().card.version
 
 

@@ -229,7 +229,7 @@ def test_damaged_real_series_end_to_end(shared_data, tmp_path):
 
 
 def test_every_weights_file_of_a_model_is_checked_before_a_run(tmp_path):
-    """The card's ``extra_weights`` (cac's restoration network) are checked like its main weights."""
+    """The card's ``extra_weights`` (cac's lesion and restoration networks) are checked like its main weights."""
     import shutil
 
     from medhub.errors import ModelError
@@ -240,10 +240,11 @@ def test_every_weights_file_of_a_model_is_checked_before_a_run(tmp_path):
     shutil.copytree(CAC.folder / "weights", tmp_path / "weights")
     copy = type("CopiedCAC", (CAC,), {"folder": tmp_path})()
     assert check_model_runnable(copy) == copy.card.weights.sha256
-    (extra,) = provenance_record(copy, copy.card.weights.sha256)["model"]["extra_weights"]
-    assert extra["sha256"] == copy.card.extra_weights[0].sha256 and extra["trained_on"]
+    extras = provenance_record(copy, copy.card.weights.sha256)["model"]["extra_weights"]
+    assert [e["sha256"] for e in extras] == [e.sha256 for e in copy.card.extra_weights]
+    assert all(e["trained_on"] for e in extras)
 
-    restoration = tmp_path / copy.card.extra_weights[0].file
+    restoration = tmp_path / "weights" / "cac_restoration.pt"
     restoration.write_bytes(restoration.read_bytes() + b"changed")
     with pytest.raises(ModelError, match=r"cac_restoration\.pt has sha256") as changed:
         check_model_runnable(copy)
