@@ -185,10 +185,11 @@ labels:
     heart = {r["case"]: float(r["value"]) for r in rows if r["segment_name"] == "Heart" and r["metric"] == "dice"}
     assert set(heart) == {"0187_ct_3mm", "0987_ct_3mm"}
     assert min(heart.values()) >= 0.85  # the cac card's heart criterion
-    # 0187 has no calcium in either: both empty, Dice 1 by convention; 0987's lesions are found in part
+    # 0187 has no calcium in either: both empty, Dice 1 by convention. 0987 is in-sample for cac 0.8.0 (its real
+    # plaques trained the candidate classifier), so only "found, and well" is a fair check, not a held-out figure.
     calcium = {r["case"]: float(r["value"]) for r in rows if r["segment_name"] == "Coronary calcium"
                and r["metric"] == "dice"}
-    assert calcium["0187_ct_3mm"] == 1.0 and 0 < calcium["0987_ct_3mm"] < 1
+    assert calcium["0187_ct_3mm"] == 1.0 and calcium["0987_ct_3mm"] >= 0.5
     assert (tmp_path / "out" / "summary.csv").is_file() and (tmp_path / "out" / "report.html").is_file()
 
 
