@@ -55,6 +55,7 @@ import math
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -218,16 +219,15 @@ def load_network(weights_path: Path = DEFAULT_WEIGHTS) -> tuple[UNet3D, dict[str
     return net, meta
 
 
-_NET_CACHE: dict[tuple[str, float], tuple[UNet3D, dict[str, Any]]] = {}
+@lru_cache(maxsize=2)
+def _network(weights_path: str, mtime: float) -> tuple[UNet3D, dict[str, Any]]:
+    return load_network(Path(weights_path))
 
 
 def _cached_network(weights_path: Path) -> tuple[UNet3D, dict[str, Any]]:
+    """The network at ``weights_path``, loaded once per process (per file version), as the classifier is."""
     p = Path(weights_path).resolve()
-    key = (str(p), p.stat().st_mtime)
-    if key not in _NET_CACHE:
-        _NET_CACHE.clear()
-        _NET_CACHE[key] = load_network(p)
-    return _NET_CACHE[key]
+    return _network(str(p), p.stat().st_mtime)
 
 
 @contextmanager
