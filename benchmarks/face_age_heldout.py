@@ -52,13 +52,15 @@ def main() -> None:
                               {0: "male", 1: "female"}).to_numpy()})
     print(f"face-age {model.card.version} on {ok.sum()} of {len(held)} held-out UTKFace photos ({len(failed)} no "
           f"face); {seconds / len(held) * 1000:.0f} ms per photo; {platform.processor() or platform.machine()}")
-    rows = [{"group": "overall", **result["overall"]}, {"group": "adults 20+", **result["adults_20_plus"]}]
+    rows = [{"group": "overall", **result["overall"]}, {"group": "adults 20+", **result["adults_20_plus"]},
+            {"group": "adults 40+", **result["adults_40_plus"]}]
     for key in ("by_decade", "by_race", "by_sex"):
         rows += [{"group": f"{key[3:]} {k}", **v} for k, v in result[key].items()]
     table = pd.DataFrame(rows)[["group", "n", "mae", "mae_low", "mae_high", "bias"]]
     print(table.to_markdown(index=False, floatfmt=".2f"))
-    print(f"Pearson r {result['pearson_r']:.3f}; adults' MAE / FaceAge's 6.89 = "
-          f"{result['adults_20_plus']['mae'] / FACEAGE_MAE:.2f}")
+    print(f"Pearson r {result['pearson_r']:.3f}; MAE / FaceAge's 6.89: adults 20+ "
+          f"{result['adults_20_plus']['mae'] / FACEAGE_MAE:.2f}, "
+          f"40+ {result['adults_40_plus']['mae'] / FACEAGE_MAE:.2f}")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,30 @@ def test_encoder_tokens_pooled_and_presets():
     assert ViT2DConfig.from_dict(SMALL.to_dict()) == SMALL
 
 
+def test_resnet_stem_gives_one_token_per_patch_and_learns_the_mae_objective():
+    config = ViT2DConfig(image_size=32, patch=8, hidden=32, depth=1, heads=2, stem="resnet")
+    encoder = ViTEncoder(config)
+    assert encoder(torch.randn(2, 3, 32, 32)).shape == (2, 16, 32)
+    assert vit_preset("hybrid").stem == "resnet" and ViTEncoder(vit_preset("hybrid"))(
+        torch.randn(1, 3, 112, 112)).shape == (1, 49, 256)
+    with pytest.raises(ValueError, match="patch of 8"):
+        ViT2DConfig(image_size=32, patch=4, stem="resnet")
+    torch.manual_seed(0)
+    net = PretrainingNet(config)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=3e-3)
+    generator = torch.Generator().manual_seed(1)
+    images = torch.randn(8, 3, 32, 32, generator=generator).cumsum(-1).cumsum(-2) / 16
+    mask = cube_mask((32, 32), 8, 0.5, generator)
+    losses = []
+    for _ in range(25):
+        loss = net.loss("mae", images, mask=mask)["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5])
+
+
 def test_pixel_decoder_puts_each_token_on_its_own_square():
     decoder = PixelDecoder(SMALL)
     with torch.no_grad():

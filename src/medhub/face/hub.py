@@ -110,20 +110,23 @@ def export_face_model(finetuned: str | Path, output: str | Path, *, model_id: st
                       license: str = "Apache-2.0") -> ModelCard:
     """A photo finetuning run (``medhub finetune --task face-age|survival``) as a hub model folder; ``card``
     overrides any card field. Returns the card."""
+    from medhub.learn.vit2d import ViT2DConfig
+
     sidecar = read_finetuned_sidecar(finetuned)
     task = sidecar["task"]
     template = FACE_OUTPUTS[task]
     network = sidecar["network"]
+    backbone = ViT2DConfig.from_dict(network).describe()
     pretrained = sidecar.get("pretrained")
-    origin = (f"finetuned from a ViT-{pretrained.get('arch')} {pretrained.get('objective')} pretraining checkpoint"
+    origin = (f"finetuned from a {pretrained.get('arch')} {pretrained.get('objective')} pretraining checkpoint"
               if pretrained else "trained from random weights")
     data = sidecar.get("data", {})
     trained_on = trained_on or f"{data.get('train')} photos of {data.get('table')}"
     evaluation = sidecar.get("evaluation")
     body: dict[str, Any] = {
         "id": model_id, "name": name or model_id, "version": version, "title": template["title"],
-        "description": f"A 2D ViT ({network['hidden']} wide, {network['depth']} blocks, {network['stem']} stem; "
-                       f"{origin}) on the face cropped as in training ({network['image_size']} px).",
+        "description": f"{backbone[0].upper()}{backbone[1:]} ({origin}) on the face "
+                       f"cropped as in training ({network['image_size']} px).",
         "task": template["task"],
         "inputs": {"modality": "XC", "kind": "photo", "body_part": "FACE", "min_slices": 1},
         "outputs": {"segments": [], "values": template["values"]},

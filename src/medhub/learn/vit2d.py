@@ -1,4 +1,4 @@
-"""A small 2D Vision Transformer for photos, the face models' backbone.
+"""The face models' backbones: a small 2D Vision Transformer, and its ResNet-stemmed variants.
 
 Design choices, stated once:
 
@@ -6,14 +6,21 @@ Design choices, stated once:
   token is one ``patch`` x ``patch`` square, in row-major order (top-left first).
 * **Stem**: ``"conv"`` (default) is a stack of stride-2 3x3 convolutions down to one vector per patch, as in "Early
   convolutions help transformers see better" (Xiao et al., 2021): with a few thousand photos a plain ViT learns
-  slowly, a convolutional stem much faster. ``"patch"`` is the classic single strided convolution. MONAI's ``ViT``
-  has only the latter; its transformer blocks (:class:`monai.networks.blocks.TransformerBlock`) are used as they are.
+  slowly, a convolutional stem much faster. ``"resnet"`` goes further, as the original ViT paper's hybrid does
+  (Dosovitskiy et al., 2021): a ResNet-18-like stem (7x7 convolution, max pooling, then two MONAI
+  :class:`~monai.networks.nets.resnet.ResNetBlock` per stage, batch norm) down to one vector per patch, with
+  transformer blocks on its token map (``hybrid``) or none (``resnet``). On the UTKFace faces, at 2 CPU cores'
+  budget, this inductive bias is worth more than anything else we tried (``benchmarks/RESULTS.md``). ``"patch"``
+  is the classic single strided convolution. MONAI's ``ViT`` has only the latter; its transformer blocks
+  (:class:`monai.networks.blocks.TransformerBlock`) are used as they are.
 * Learned position embeddings; no class token: the pooled feature is the mean of the final tokens, which suits
   :class:`~medhub.learn.objectives.PretrainingNet` (one ``pool`` for every backbone) and the regression heads.
 * :class:`PixelDecoder` predicts each token's patch pixels with one linear layer (SimMIM's light decoder), so the
   masked-input reconstruction objective of the 3D U-Net works unchanged on this backbone.
-* Presets (:data:`VIT_PRESETS`): ``tiny`` (192 wide, 6 blocks, 3 heads: trains on 2 CPU cores) and ``small``
-  (384, 12, 6).
+* Presets (:data:`VIT_PRESETS`): ``tiny`` (192 wide, 6 blocks, 3 heads: trains on 2 CPU cores), ``small``
+  (384, 12, 6), ``hybrid`` (a ResNet stem of 32, 64 and 128 channels, then 256 wide, 4 blocks, 4 heads) and
+  ``resnet`` (the same stem and no transformer blocks: a CNN behind the same token interface, so the objectives,
+  heads and saliency work on it unchanged).
 """
 
 from __future__ import annotations
@@ -37,14 +44,16 @@ class ViT2DConfig:
     depth: int = 6
     heads: int = 3
     mlp_ratio: float = 4.0
-    stem: Literal["conv", "patch"] = "conv"
+    stem: Literal["conv", "resnet", "patch"] = "conv"
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
         if self.image_size % self.patch:
             raise ValueError(f"image size {self.image_size} is not a multiple of the patch {self.patch}")
-        if self.stem == "conv" and self.patch & (self.patch - 1):
+        if self.stem != "patch" and self.patch & (self.patch - 1):
             raise ValueError(f"a convolutional stem needs a power-of-two patch, got {self.patch}")
+        if self.stem == "resnet" and self.patch < 8:
+            raise ValueError(f"a ResNet stem needs a patch of 8 pixels or more, got {self.patch}")
 
     @property
     def grid(self) -> int:
@@ -58,6 +67,12 @@ class ViT2DConfig:
     def to_dict(self) -> dict[str, Any]:
         return {"kind": "vit2d", **asdict(self)}
 
+    def describe(self) -> str:
+        """The network in a few words, for model cards."""
+        if self.depth == 0:
+            return f"a 2D ResNet ({self.stem} stem to {self.patch}-px cells, {self.hidden} features; no transformer)"
+        return f"a 2D ViT ({self.hidden} wide, {self.depth} blocks, {self.stem} stem)"
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ViT2DConfig:
         return cls(**{k: v for k, v in data.items() if k != "kind"})
@@ -66,6 +81,8 @@ class ViT2DConfig:
 VIT_PRESETS: dict[str, ViT2DConfig] = {
     "tiny": ViT2DConfig(hidden=192, depth=6, heads=3),
     "small": ViT2DConfig(hidden=384, depth=12, heads=6),
+    "hybrid": ViT2DConfig(hidden=256, depth=4, heads=4, stem="resnet"),
+    "resnet": ViT2DConfig(hidden=256, depth=0, heads=4, stem="resnet"),
 }
 
 
@@ -86,6 +103,29 @@ def _conv_stem(config: ViT2DConfig) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def _resnet_stem(config: ViT2DConfig) -> nn.Sequential:
+    """Stride 4 (7x7 convolution, max pooling), then stages of two residual blocks, each further stage halving
+    the map, down to stride ``patch``; widths ``hidden / 2**k`` up to ``hidden / 2``, then a 1x1 projection."""
+    from monai.networks.nets.resnet import ResNetBlock
+
+    stages = config.patch.bit_length() - 3
+    widths = [max(16, config.hidden >> (stages + 1 - i)) for i in range(stages + 1)]
+    layers: list[nn.Module] = [nn.Conv2d(config.in_channels, widths[0], 7, stride=2, padding=3, bias=False),
+                               nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True), nn.MaxPool2d(3, stride=2, padding=1)]
+    for i, width in enumerate(widths):
+        stride, before = (1, width) if i == 0 else (2, widths[i - 1])
+        shortcut = None if stride == 1 else nn.Sequential(nn.Conv2d(before, width, 1, stride=2, bias=False),
+                                                          nn.BatchNorm2d(width))
+        layers += [ResNetBlock(before, width, spatial_dims=2, stride=stride, downsample=shortcut),
+                   ResNetBlock(width, width, spatial_dims=2)]
+    layers.append(nn.Conv2d(widths[-1], config.hidden, 1))
+    return nn.Sequential(*layers)
+
+
+_STEMS = {"conv": _conv_stem, "resnet": _resnet_stem,
+          "patch": lambda c: nn.Conv2d(c.in_channels, c.hidden, c.patch, stride=c.patch)}
+
+
 class ViTEncoder(nn.Module):
     """Stem, position embedding, transformer blocks, final LayerNorm: ``(N, C, H, W) -> (N, tokens, hidden)``."""
 
@@ -94,8 +134,7 @@ class ViTEncoder(nn.Module):
         from monai.networks.blocks import TransformerBlock
 
         self.config = config
-        self.stem = (_conv_stem(config) if config.stem == "conv" else
-                     nn.Conv2d(config.in_channels, config.hidden, config.patch, stride=config.patch))
+        self.stem = _STEMS[config.stem](config)
         self.position = nn.Parameter(torch.zeros(1, config.grid**2, config.hidden))
         nn.init.trunc_normal_(self.position, std=0.02)
         self.blocks = nn.ModuleList(

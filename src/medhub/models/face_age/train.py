@@ -1,10 +1,11 @@
 """Train and export ``face-age`` on the real UTKFace crops in ``../shared/data/utkface``.
 
-    python -m medhub.models.face_age.train [--work /tmp/face] [--pretrain-steps 2000] [--steps 1200]
-        [--stage2-steps 400] [--finetuned RUN]
+    python -m medhub.models.face_age.train [--work /tmp/face] [--arch resnet] [--pretrain-steps 1000]
+        [--steps 2400] [--stage2-steps 600] [--lr 2e-3] [--stage2-lr 4e-4] [--finetuned RUN]
 
-1. ``medhub pretrain --modality photo --objective mae`` on every UTKFace photo (labels unused): ViT-tiny, 112 px
-   face crops from OpenCV's Haar detector (margin 0.1, eyes levelled), batch 64, 60 % of 16-px patches masked.
+1. ``medhub pretrain --modality photo --objective mae`` on every UTKFace photo (labels unused): the ``resnet``
+   backbone of :mod:`medhub.learn.vit2d` (``--arch``), 112 px face crops from OpenCV's Haar detector (margin 0.1,
+   eyes levelled), batch 64, 60 % of 16-px patches masked. ``--pretrain-steps 0`` skips it (random weights).
 2. ``medhub finetune --task face-age``: 15 % of the photos held out (stratified by age decade, seed 0); stage 1 on
    the rest drawn uniformly, stage 2 age-balanced (5-year bins) at a fifth of the learning rate; L1 on age / 100.
 3. The weights are stored as int8 per output channel (a quarter of the size, under the project's 5 MB limit;
@@ -23,7 +24,7 @@ from pathlib import Path
 
 FOLDER = Path(__file__).resolve().parent
 UTKFACE = FOLDER.parents[3].parent / "shared" / "data" / "utkface"
-VERSION = "0.1.0"
+VERSION = "0.2.0"
 
 
 def _quantized_copy(run: Path, target: Path) -> Path:
@@ -40,9 +41,12 @@ def _quantized_copy(run: Path, target: Path) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path("/tmp/face"))
-    parser.add_argument("--pretrain-steps", type=int, default=2000)
-    parser.add_argument("--steps", type=int, default=1200)
-    parser.add_argument("--stage2-steps", type=int, default=400)
+    parser.add_argument("--arch", default="resnet", help="a photo backbone preset of medhub.learn.vit2d")
+    parser.add_argument("--pretrain-steps", type=int, default=1000, help="0: finetune from random weights")
+    parser.add_argument("--steps", type=int, default=2400)
+    parser.add_argument("--stage2-steps", type=int, default=600)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--stage2-lr", type=float, default=4e-4)
     parser.add_argument("--finetuned", type=Path)
     args = parser.parse_args()
     run = args.finetuned
@@ -51,20 +55,30 @@ def main() -> None:
         from medhub.face.pretraining import pretrain_photos
         from medhub.learn.trainer import TrainingConfig
 
-        pretrained = pretrain_photos(UTKFACE / "images", args.work / "pretrain", objective="mae",
-                                     config=TrainingConfig(steps=args.pretrain_steps, lr=1e-3, warmup_steps=50),
-                                     cache=args.work / "cache")
+        checkpoint = None
+        if args.pretrain_steps:
+            checkpoint = pretrain_photos(
+                UTKFACE / "images", args.work / "pretrain", objective="mae", arch=args.arch,
+                config=TrainingConfig(steps=args.pretrain_steps, lr=1e-3, warmup_steps=50),
+                cache=args.work / "cache")["checkpoint"]
         run = args.work / "age"
-        finetune_photos(UTKFACE / "labels.csv", run, checkpoint=pretrained["checkpoint"],
-                        config=PhotoFinetuneConfig(steps=args.steps, stage2_steps=args.stage2_steps),
+        finetune_photos(UTKFACE / "labels.csv", run, checkpoint=checkpoint,
+                        config=PhotoFinetuneConfig(arch=args.arch, steps=args.steps, stage2_steps=args.stage2_steps,
+                                                   lr=args.lr, stage2_lr=args.stage2_lr,
+                                                   from_scratch=checkpoint is None),
                         report_by=("race", "gender"), cache=args.work / "cache")
-    evaluation = json.loads((run / "checkpoint.json").read_text())["evaluation"]
+    sidecar = json.loads((run / "checkpoint.json").read_text())
+    evaluation = sidecar["evaluation"]
     overall, adults = evaluation["overall"], evaluation["adults_20_plus"]
     held = (f"MAE {overall['mae']:.2f} years [95 % CI {overall['mae_low']:.2f}, {overall['mae_high']:.2f}] on "
             f"{overall['n']} held-out UTKFace photos; adults 20+: {adults['mae']:.2f} [{adults['mae_low']:.2f}, "
             f"{adults['mae_high']:.2f}] (n {adults['n']}); by decade, race and sex in README.md")
     from medhub.face.hub import export_face_model
+    from medhub.learn.vit2d import ViT2DConfig
 
+    backbone = ViT2DConfig.from_dict(sidecar["network"]).describe()
+    start = ("pretrained as a masked autoencoder on the same photos and finetuned" if sidecar.get("pretrained")
+             else "trained from random weights")
     card = export_face_model(
         _quantized_copy(run, args.work / "age-int8"), FOLDER, model_id="face-age", version=VERSION,
         name="FaceAge",
@@ -75,14 +89,15 @@ def main() -> None:
             "title": "Apparent age from a face photo",
             "description": (
                 "Finds the face (OpenCV Haar cascade, most certain face, margin 0.1 of the box, eyes levelled), "
-                "crops it to 112 x 112 and reads the age with a ViT-tiny (192 wide, 6 blocks, convolutional stem) "
-                "pretrained as a masked autoencoder on the same photos and finetuned in two stages (uniform, "
+                f"crops it to 112 x 112 and reads the age with {backbone}, {start} in two stages (uniform, "
                 "then age-balanced), as FAHR-FaceAge trains. Averages the face and its mirror image."),
             "evaluation": held,
             "limitations": (
                 "Trained on about 7,200 web photos, mostly young (median 22 years) and mostly frontal: errors "
-                "grow with age and the old are read younger (see the by-decade table in README.md). UTKFace's "
-                "race labels are coarse and imbalanced; check the by-race table before using it on a population. "
+                "grow with age, and the age-balanced second stage reads adults of 20-39 about 4 years older "
+                "(see the by-decade table in README.md). UTKFace's race labels are coarse and imbalanced, and "
+                "the error differs threefold between them; check the by-race table before using it on a "
+                "population. "
                 "A photo where the detector finds no face fails with no-face. Apparent age is not a health "
                 "measure by itself; this is not the FAHR-FaceAge model and has not been validated on patients."),
             "intended_use": "Research on face photographs (apparent-age estimation). Not for clinical use.",
