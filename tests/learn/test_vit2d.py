@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from monai.networks.nets.resnet import ResNetBlock
 
 from medhub.learn.losses import cox_partial_likelihood
 from medhub.learn.objectives import PretrainingNet, cube_mask
@@ -27,8 +28,11 @@ def test_resnet_stem_gives_one_token_per_patch_and_learns_the_mae_objective():
     config = ViT2DConfig(image_size=32, patch=8, hidden=32, depth=1, heads=2, stem="resnet")
     encoder = ViTEncoder(config)
     assert encoder(torch.randn(2, 3, 32, 32)).shape == (2, 16, 32)
-    assert vit_preset("hybrid").stem == "resnet" and ViTEncoder(vit_preset("hybrid"))(
-        torch.randn(1, 3, 112, 112)).shape == (1, 49, 256)
+    for name in ("hybrid", "resnet18"):
+        assert vit_preset(name).stem == "resnet" and ViTEncoder(vit_preset(name))(
+            torch.randn(1, 3, 112, 112)).shape == (1, 49, 256)
+    top = ViTEncoder(ViT2DConfig(image_size=32, patch=8, hidden=32, depth=0, stem="resnet", resnet_top_stage=True))
+    assert isinstance(top.stem[-1], ResNetBlock) and top(torch.randn(1, 3, 32, 32)).shape == (1, 16, 32)
     with pytest.raises(ValueError, match="patch of 8"):
         ViT2DConfig(image_size=32, patch=4, stem="resnet")
     torch.manual_seed(0)

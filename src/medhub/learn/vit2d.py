@@ -20,7 +20,8 @@ Design choices, stated once:
 * Presets (:data:`VIT_PRESETS`): ``tiny`` (192 wide, 6 blocks, 3 heads: trains on 2 CPU cores), ``small``
   (384, 12, 6), ``hybrid`` (a ResNet stem of 32, 64 and 128 channels, then 256 wide, 4 blocks, 4 heads) and
   ``resnet`` (the same stem and no transformer blocks: a CNN behind the same token interface, so the objectives,
-  heads and saliency work on it unchanged).
+  heads and saliency work on it unchanged), and ``resnet18`` (``resnet`` with a fourth stage, 256 wide, on the
+  7 x 7 grid: a half-width ResNet-18).
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ class ViT2DConfig:
     heads: int = 3
     mlp_ratio: float = 4.0
     stem: Literal["conv", "resnet", "patch"] = "conv"
+    #: ``"resnet"`` stem only: end with a stage of two residual blocks ``hidden`` wide on the patch grid (the
+    #: layout of a half-width ResNet-18) instead of a 1x1 projection to ``hidden``.
+    resnet_top_stage: bool = False
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
@@ -83,6 +87,7 @@ VIT_PRESETS: dict[str, ViT2DConfig] = {
     "small": ViT2DConfig(hidden=384, depth=12, heads=6),
     "hybrid": ViT2DConfig(hidden=256, depth=4, heads=4, stem="resnet"),
     "resnet": ViT2DConfig(hidden=256, depth=0, heads=4, stem="resnet"),
+    "resnet18": ViT2DConfig(hidden=256, depth=0, heads=4, stem="resnet", resnet_top_stage=True),
 }
 
 
@@ -112,13 +117,16 @@ def _resnet_stem(config: ViT2DConfig) -> nn.Sequential:
     widths = [max(16, config.hidden >> (stages + 1 - i)) for i in range(stages + 1)]
     layers: list[nn.Module] = [nn.Conv2d(config.in_channels, widths[0], 7, stride=2, padding=3, bias=False),
                                nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True), nn.MaxPool2d(3, stride=2, padding=1)]
-    for i, width in enumerate(widths):
-        stride, before = (1, width) if i == 0 else (2, widths[i - 1])
-        shortcut = None if stride == 1 else nn.Sequential(nn.Conv2d(before, width, 1, stride=2, bias=False),
-                                                          nn.BatchNorm2d(width))
+    strides = [1] + [2] * stages + ([1] if config.resnet_top_stage else [])
+    widths += [config.hidden] if config.resnet_top_stage else []
+    for i, (width, stride) in enumerate(zip(widths, strides, strict=True)):
+        before = widths[max(0, i - 1)]
+        shortcut = None if (stride, before) == (1, width) else nn.Sequential(
+            nn.Conv2d(before, width, 1, stride=stride, bias=False), nn.BatchNorm2d(width))
         layers += [ResNetBlock(before, width, spatial_dims=2, stride=stride, downsample=shortcut),
                    ResNetBlock(width, width, spatial_dims=2)]
-    layers.append(nn.Conv2d(widths[-1], config.hidden, 1))
+    if not config.resnet_top_stage:
+        layers.append(nn.Conv2d(widths[-1], config.hidden, 1))
     return nn.Sequential(*layers)
 
 
