@@ -18,7 +18,7 @@ Design choices, stated once:
 * :class:`PixelDecoder` predicts each token's patch pixels with one linear layer (SimMIM's light decoder), so the
   masked-input reconstruction objective of the 3D U-Net works unchanged on this backbone.
 * Presets (:data:`VIT_PRESETS`): ``tiny`` (192 wide, 6 blocks, 3 heads: trains on 2 CPU cores), ``small``
-  (384, 12, 6), ``hybrid`` (a ResNet stem of 32, 64 and 128 channels, then 256 wide, 4 blocks, 4 heads) and
+  (384, 12, 6), ``hybrid`` (a ResNet stem of 32, 64 and 128 channels, then 256 wide, 4 blocks, 4 heads),
   ``resnet`` (the same stem and no transformer blocks: a CNN behind the same token interface, so the objectives,
   heads and saliency work on it unchanged), and ``resnet18`` (``resnet`` with a fourth stage, 256 wide, on the
   7 x 7 grid: a half-width ResNet-18).
@@ -110,7 +110,8 @@ def _conv_stem(config: ViT2DConfig) -> nn.Sequential:
 
 def _resnet_stem(config: ViT2DConfig) -> nn.Sequential:
     """Stride 4 (7x7 convolution, max pooling), then stages of two residual blocks, each further stage halving
-    the map, down to stride ``patch``; widths ``hidden / 2**k`` up to ``hidden / 2``, then a 1x1 projection."""
+    the map, down to stride ``patch``; widths ``hidden / 2**k`` up to ``hidden / 2``; then a 1x1 projection to
+    ``hidden`` or, with ``resnet_top_stage``, a last stage ``hidden`` wide on the patch grid."""
     from monai.networks.nets.resnet import ResNetBlock
 
     stages = config.patch.bit_length() - 3
