@@ -1,9 +1,9 @@
 """Train and export ``face-age`` on the real UTKFace crops in ``../shared/data/utkface``.
 
-    python -m medhub.models.face_age.train [--work /tmp/face] [--arch resnet] [--pretrain-steps 1000]
+    python -m medhub.models.face_age.train [--work /tmp/face] [--arch resnet18] [--pretrain-steps 1000]
         [--steps 2400] [--stage2-steps 600] [--lr 2e-3] [--stage2-lr 4e-4] [--finetuned RUN]
 
-1. ``medhub pretrain --modality photo --objective mae`` on every UTKFace photo (labels unused): the ``resnet``
+1. ``medhub pretrain --modality photo --objective mae`` on every UTKFace photo (labels unused): the ``resnet18``
    backbone of :mod:`medhub.learn.vit2d` (``--arch``), 112 px face crops from OpenCV's Haar detector (margin 0.1,
    eyes levelled), batch 64, 60 % of 16-px patches masked. ``--pretrain-steps 0`` skips it (random weights).
 2. ``medhub finetune --task face-age``: 15 % of the photos held out (stratified by age decade, seed 0); stage 1 on
@@ -24,7 +24,7 @@ from pathlib import Path
 
 FOLDER = Path(__file__).resolve().parent
 UTKFACE = FOLDER.parents[3].parent / "shared" / "data" / "utkface"
-VERSION = "0.2.0"
+VERSION = "0.3.0"
 
 
 def _quantized_copy(run: Path, target: Path) -> Path:
@@ -41,7 +41,7 @@ def _quantized_copy(run: Path, target: Path) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path("/tmp/face"))
-    parser.add_argument("--arch", default="resnet", help="a photo backbone preset of medhub.learn.vit2d")
+    parser.add_argument("--arch", default="resnet18", help="a photo backbone preset of medhub.learn.vit2d")
     parser.add_argument("--pretrain-steps", type=int, default=1000, help="0: finetune from random weights")
     parser.add_argument("--steps", type=int, default=2400)
     parser.add_argument("--stage2-steps", type=int, default=600)
