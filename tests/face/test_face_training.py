@@ -165,3 +165,15 @@ def test_survival_finetuning_on_real_faces_ranks_simulated_gompertz_outcomes(sha
     assert done.returncode == 0, done.stderr
     evaluation = json.loads((out / "evaluation.json").read_text())["evaluation"]
     assert evaluation["c_index"]["c_index"] > 0.6
+
+
+
+def test_age_balancing_draws_every_bin_equally_and_softens_with_the_power():
+    from medhub.face.finetuning import age_balancing_weights
+
+    ages = np.array([3, 4, 4, 22, 23, 24, 25, 26, 70.0])  # 5-year bins of 3, 3, 2 and 1 photos
+    bins = np.floor(ages / 5).astype(int)
+    full = age_balancing_weights(ages, 5.0)
+    assert np.allclose([full[bins == b].sum() for b in np.unique(bins)], 1.0)  # every bin drawn equally often
+    assert np.allclose(age_balancing_weights(ages, 5.0, power=0.0), 1.0)  # as the photos occur
+    assert np.allclose(age_balancing_weights(ages, 5.0, power=0.5), 1 / np.sqrt([3, 3, 3, 3, 3, 3, 2, 2, 1]))

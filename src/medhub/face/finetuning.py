@@ -9,7 +9,8 @@ event) is kept out of training and evaluated at the end.
   on all training photos drawn uniformly; stage 2, from stage 1's weights at a lower learning rate, with
   age-balanced resampling: each photo is drawn with probability proportional to 1 / (photos in its
   ``balance_bin``-year bin), so that every age is seen about equally often and the old, rare in photo collections,
-  are not predicted younger than they are.
+  are not predicted younger than they are. ``balance_power`` below 1 softens it (probability proportional to
+  1 / photos ** power), for a test set whose ages are less uniform than fully balanced draws assume.
 * **survival** (a risk score: the log hazard ratio; Cox partial likelihood with Breslow ties,
   :func:`~medhub.learn.losses.cox_partial_likelihood`). The partial likelihood of a batch without events is empty,
   and with few events it is noisy, so the batch sampler (:class:`PhotoBatches` with ``events_share``) fills
@@ -71,6 +72,7 @@ class PhotoFinetuneConfig:
     stage2_lr: float = 1e-4
     warmup_steps: int = 100
     balance_bin: float = 5.0
+    balance_power: float = 1.0
     events_share: float = 0.25
     holdout: float = 0.15
     dropout: float = 0.1
@@ -117,11 +119,12 @@ class PhotoBatches:
         return batch
 
 
-def age_balancing_weights(ages: np.ndarray, bin_years: float) -> np.ndarray:
-    """Per photo, 1 / (photos in its ``bin_years`` age bin): every bin is drawn equally often."""
+def age_balancing_weights(ages: np.ndarray, bin_years: float, power: float = 1.0) -> np.ndarray:
+    """Per photo, 1 / (photos in its ``bin_years`` age bin) ** ``power``: with power 1 every bin is drawn equally
+    often, with 0 as often as it occurs."""
     bins = np.floor(np.asarray(ages, float) / bin_years).astype(int)
     _, inverse, counts = np.unique(bins, return_inverse=True, return_counts=True)
-    return 1.0 / counts[inverse]
+    return 1.0 / counts[inverse].astype(float) ** power
 
 
 def split_holdout(strata: np.ndarray, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -265,7 +268,8 @@ def finetune_photos(table: str | Path, output: str | Path, *, checkpoint: str | 
                                 warmup_steps=min(config.warmup_steps, config.stage2_steps // 10),
                                 checkpoint_every=config.stage2_steps, seed=config.seed + 1)
         balanced = PhotoBatches(crops.crops[train], train_targets, config.batch_size, config.seed + 1,
-                                weights=age_balancing_weights(train_targets["age"], config.balance_bin))
+                                weights=age_balancing_weights(train_targets["age"], config.balance_bin,
+                                                              config.balance_power))
         history = history + Trainer(net, step, output, config=stage2, metadata={**metadata, "stage": 2},
                                     progress=progress).fit(balanced)
 

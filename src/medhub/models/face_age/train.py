@@ -47,6 +47,7 @@ def main() -> None:
     parser.add_argument("--stage2-steps", type=int, default=600)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--stage2-lr", type=float, default=4e-4)
+    parser.add_argument("--balance-power", type=float, default=1.0, help="stage 2: 1 fully age-balanced, 0 not")
     parser.add_argument("--finetuned", type=Path)
     args = parser.parse_args()
     run = args.finetuned
@@ -65,6 +66,7 @@ def main() -> None:
         finetune_photos(UTKFACE / "labels.csv", run, checkpoint=checkpoint,
                         config=PhotoFinetuneConfig(arch=args.arch, steps=args.steps, stage2_steps=args.stage2_steps,
                                                    lr=args.lr, stage2_lr=args.stage2_lr,
+                                                   balance_power=args.balance_power,
                                                    from_scratch=checkpoint is None),
                         report_by=("race", "gender"), cache=args.work / "cache")
     sidecar = json.loads((run / "checkpoint.json").read_text())
