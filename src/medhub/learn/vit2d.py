@@ -73,8 +73,9 @@ class ViT2DConfig:
 
     def describe(self) -> str:
         """The network in a few words, for model cards."""
-        if self.depth == 0:
-            return f"a 2D ResNet ({self.stem} stem to {self.patch}-px cells, {self.hidden} features; no transformer)"
+        if self.stem == "resnet" and self.depth == 0:
+            layout = "half-width ResNet-18 layout" if self.resnet_top_stage else "three stages"
+            return f"a 2D ResNet ({layout}, to {self.patch}-px cells, {self.hidden} features; no transformer)"
         return f"a 2D ViT ({self.hidden} wide, {self.depth} blocks, {self.stem} stem)"
 
     @classmethod
