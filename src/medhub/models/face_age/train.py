@@ -24,7 +24,7 @@ from pathlib import Path
 
 FOLDER = Path(__file__).resolve().parent
 UTKFACE = FOLDER.parents[3].parent / "shared" / "data" / "utkface"
-VERSION = "0.3.0"
+VERSION = "0.4.0"
 
 
 def _quantized_copy(run: Path, target: Path) -> Path:
@@ -81,6 +81,8 @@ def main() -> None:
     backbone = ViT2DConfig.from_dict(sidecar["network"]).describe()
     start = ("pretrained as a masked autoencoder on the same photos and finetuned" if sidecar.get("pretrained")
              else "trained from random weights")
+    power = sidecar["finetune"].get("balance_power", 1.0)
+    balanced = "age-balanced" if power == 1.0 else f"age-balanced with the weights raised to {power:g}"
     card = export_face_model(
         _quantized_copy(run, args.work / "age-int8"), FOLDER, model_id="face-age", version=VERSION,
         name="FaceAge",
@@ -92,14 +94,14 @@ def main() -> None:
             "description": (
                 "Finds the face (OpenCV Haar cascade, most certain face, margin 0.1 of the box, eyes levelled), "
                 f"crops it to 112 x 112 and reads the age with {backbone}, {start} in two stages (uniform, "
-                "then age-balanced), as FAHR-FaceAge trains. Averages the face and its mirror image."),
+                f"then {balanced}), as FAHR-FaceAge trains. Averages the face and its mirror image."),
             "evaluation": held,
             "limitations": (
                 "Trained on about 7,200 web photos, mostly young (median 22 years) and mostly frontal: errors "
-                "grow with age, and the age-balanced second stage reads adults of 20-39 about 4 years older "
-                "(see the by-decade table in README.md). UTKFace's race labels are coarse and imbalanced, and "
-                "the error differs threefold between them; check the by-race table before using it on a "
-                "population. "
+                "grow with age (MAE about 11 years at 50-59), adults of 20-39 are read 1-2 years older and "
+                "those of 60 and over 4-5 years younger (see the by-decade table in README.md). UTKFace's race "
+                "labels are coarse and imbalanced, and the error differs threefold between them; check the "
+                "by-race table before using it on a population. "
                 "A photo where the detector finds no face fails with no-face. Apparent age is not a health "
                 "measure by itself; this is not the FAHR-FaceAge model and has not been validated on patients."),
             "intended_use": "Research on face photographs (apparent-age estimation). Not for clinical use.",
