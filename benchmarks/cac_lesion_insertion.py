@@ -53,6 +53,7 @@ from medhub.io.nifti import read_volume, resample_isotropic
 from medhub.io.records import write_csv
 from medhub.io.volume import Volume
 from medhub.masks import dilate_mm
+from medhub.metrics.bootstrap import bootstrap_ci
 from medhub.models.cac.model import CAC, CALCIUM_LABEL
 from medhub.models.cac.train import insertion_sites
 from medhub.synth.cac_phantom import (
@@ -92,7 +93,7 @@ def phantom_case(seed: int) -> tuple[Volume, np.ndarray]:
     phantom = make_cac_phantom(**params)
     volume = Volume(phantom.hu, phantom.affine, modality="CT",
                     meta={"nominal_slice_thickness_mm": phantom.slice_thickness_mm})
-    volume, (heart,) = resample_isotropic(volume, [phantom.heart_mask], 3.0)
+    volume, (heart,) = resample_isotropic(volume, 3.0, [phantom.heart_mask])
     return volume, heart.astype(np.uint8) * np.uint8(HEART)
 
 
@@ -205,9 +206,11 @@ def main() -> None:
     print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
           f"{len(plaques)} plaques in {len(scans)} trials on LIDC {', '.join(CASES)} (seed {args.seed})")
     print(f"invisible at 3 mm (no voxel >= 130 HU): {len(plaques) - len(visible)}/{len(plaques)}")
+    counted = [r["counted"] for r in visible]
+    low, high = bootstrap_ci(counted)
     print(f"detected (covers >= half the ceiling's voxels): {np.mean([r['detected'] for r in visible]):.0%} "
           f"of {len(visible)} visible plaques; counted at all (any of its voxels scored): "
-          f"{np.mean([r['counted'] for r in visible]):.0%}")
+          f"{np.mean(counted):.1%} ({sum(counted)}/{len(counted)}; bootstrap 95 % CI {low:.1%}-{high:.1%})")
 
     def share(group: list[dict], key: str, reference: str) -> float:
         return float(np.mean([within_tolerance(r[key], r[reference]) for r in group]))

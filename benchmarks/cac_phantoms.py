@@ -109,7 +109,7 @@ def evaluate(n: int, psf_sigma_mm: tuple[float, float] = CLINICAL_PSF_SIGMA_MM, 
                         meta={"nominal_slice_thickness_mm": phantom.slice_thickness_mm})
         coronary, heart = phantom.labels == CORONARY_CALCIUM, phantom.heart_mask
         if grid_mm:
-            volume, (coronary, heart) = resample_isotropic(volume, [coronary, heart], grid_mm)
+            volume, (coronary, heart) = resample_isotropic(volume, grid_mm, [coronary, heart])
         row = {"seed": seed, "slice_spacing_mm": phantom.spacing[0], "thickness_mm": phantom.slice_thickness_mm,
                "noise_sd": params.get("noise_sd"),
                "psf_sigma_mm": round(params["blur_mm"], 3), "contrast": bool(flags.get("contrast")),
@@ -139,7 +139,7 @@ def evaluate(n: int, psf_sigma_mm: tuple[float, float] = CLINICAL_PSF_SIGMA_MM, 
             clean = make_cac_phantom(**{**params, "noise_sd": 0.0})
             clean_volume = Volume(clean.hu, clean.affine, modality="CT")
             if grid_mm:
-                clean_volume, _ = resample_isotropic(clean_volume, [], grid_mm)
+                clean_volume, _ = resample_isotropic(clean_volume, grid_mm)
             imaged = score_calcium(clean_volume.array, clean_volume.spacing, coronary, CAC.convention)
             row.update(imaged_truth_agatston=round(imaged.agatston, 3), imaged_truth_category=imaged.category)
         rows.append(row)

@@ -83,8 +83,11 @@ def test_classifier_learns_calibrates_and_round_trips(tmp_path: Path) -> None:
     rejected = decisions[~decisions["accepted"]]
     assert (rejected["kind"].to_numpy() == test.loc[rejected.index, "class"].to_numpy()).mean() > 0.9
     assert rejected["reason"].str.startswith("not coronary (p ").all()
-    path = model.save(tmp_path / "classifier.txt")
+    path = model.save(tmp_path / "classifier.txt.gz")
+    assert (tmp_path / "classifier.json").exists()
+    assert path.read_bytes() == model.save(tmp_path / "again.txt.gz").read_bytes()  # same model, same bytes
     again = CandidateClassifier.load(path)
+    assert again.members == len(again.boosters) == model.members == 5
     pd.testing.assert_frame_equal(again.predict(test), decisions)
     assert model.predict(test.iloc[:0]).empty
 
@@ -144,3 +147,4 @@ def test_phantom_nodes_and_granulomas_are_extra_non_coronary_calcium_outside_the
     # everything else stays where it was
     assert [p for p in with_nodes.truth["plaques"] if p not in nodes] == plain.truth["plaques"]
     assert with_nodes.truth["totals"] == plain.truth["totals"]
+

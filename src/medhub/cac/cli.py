@@ -264,8 +264,9 @@ def train_command(
 
 @cac_app.command("train-classifier")
 def train_classifier_command(
-    out: Annotated[Path, typer.Option("--out", help="Where to write the LightGBM model (.txt); a .json sidecar "
-                                      "is added.")] = Path("src/medhub/models/cac/weights/cac_candidates.txt"),
+    out: Annotated[Path, typer.Option("--out", help="Where to write the LightGBM models (.txt, or .txt.gz "
+                                      "compressed); a .json sidecar is added.")
+                   ] = Path("src/medhub/models/cac/weights/cac_candidates.txt.gz"),
     phantoms: Annotated[int, typer.Option("--phantoms", min=0, help="Training phantoms.")] = 240,
     lidc_trials: Annotated[int, typer.Option("--lidc-trials", min=0, help="Insertion trials per shared LIDC scan "
                                              "(skipped when ../shared/data is absent).")] = 40,
@@ -274,13 +275,16 @@ def train_classifier_command(
                                                   "exists, else written.")] = None,
     leave_out_lidc: Annotated[Path | None, typer.Option("--leave-out-lidc", help="Also fit one classifier "
                                                         "without each LIDC scan into this folder.")] = None,
+    members: Annotated[int, typer.Option("--members", min=1, help="Boosters averaged (bagging seeds seed ... "
+                                         "seed + members - 1).")] = 5,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="First bagging seed.")] = 0,
 ) -> None:
     """Train the calcium-candidate classifier (coronary or not) on phantoms and on LIDC scans with inserted
     plaques."""
     from medhub.models.cac.train_classifier import summary, train
 
     model = train(out, phantoms=phantoms, lidc_trials=lidc_trials, workers=workers, leave_out_lidc=leave_out_lidc,
-                  examples_csv=examples, progress=console.is_terminal)
+                  examples_csv=examples, members=members, seed=seed, progress=console.is_terminal)
     console.print(f"wrote {out} and its sidecar: {summary(model)}", highlight=False)
 
 

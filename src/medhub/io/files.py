@@ -76,3 +76,9 @@ def write_bytes_atomic(target: str | Path, data: bytes) -> Path:
 
 def write_text_atomic(target: str | Path, text: str) -> Path:
     return write_bytes_atomic(target, text.encode("utf-8"))
+
+
+def sidecar_path(weights_path: str | Path) -> Path:
+    """The JSON sidecar beside a weights file: ``x.pt`` -> ``x.json``, ``x.txt.gz`` -> ``x.json``."""
+    path = Path(weights_path)
+    return (path.with_suffix("") if path.suffix == ".gz" else path).with_suffix(".json")

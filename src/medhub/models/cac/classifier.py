@@ -2,17 +2,22 @@
 
 A fitter object in the lifelines style: :meth:`CandidateClassifier.fit` on a feature table
 (:data:`medhub.models.cac.candidates.FEATURES`) with one class per row, then :meth:`~CandidateClassifier.predict`.
-Gradient-boosted trees (LightGBM, one thread, deterministic) read the features; the probability of "coronary" is
-then calibrated by isotonic regression on out-of-fold predictions, folds grouped by scan, so that a candidate of a
-scan never calibrates its own score. The other classes say what a rejected candidate most likely is: aortic wall
-calcium, valve calcium (aortic valve or mitral annulus), or other (bone, noise, anything else).
+Gradient-boosted trees (LightGBM, one thread, deterministic) read the features: an ensemble of ``members``
+boosters that differ only in their bagging seed, averaged. One booster's decision on a borderline candidate turns
+on which rows its bagging drew (the same examples in another order gave a real LIDC scan false calcium in every
+trial, or none); an average of several varies less. The probability of "coronary" is then calibrated by isotonic
+regression on out-of-fold predictions, folds grouped by scan, so that a candidate of a scan never calibrates its
+own score. The other classes say what a rejected candidate most likely is: aortic wall calcium, valve calcium
+(aortic valve or mitral annulus), or other (bone, noise, anything else).
 
-Saved as LightGBM's own text model plus a JSON sidecar (features, classes, the calibration curve, the training
-record): no pickle, so a shipped file is data, not code.
+Saved as LightGBM's own text models (one gzip-compressed file, the members one after another,
+:data:`MEMBER_SEPARATOR` between them) plus a JSON sidecar (features, classes, the calibration curve, the
+training record): no pickle, so a shipped file is data, not code.
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,6 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from medhub.io.files import sidecar_path
 from medhub.models.cac.candidates import FEATURES
 
 #: The classes, in the model's order. ``valve`` is aortic valve or mitral annulus calcium.
@@ -35,6 +41,10 @@ THRESHOLD = 0.5
 #: diaphragm, more of them in patients than in any training set. The same level as the 0.x lesion network's rule
 #: (:data:`medhub.models.cac.lesions.OUTSIDE_HEART_THRESHOLD`, chosen on validation phantoms).
 OUTSIDE_HEART_THRESHOLD = 0.75
+#: Boosters of a fitted classifier (bagging seeds ``seed`` ... ``seed + MEMBERS - 1``).
+MEMBERS = 5
+#: The line between two members' LightGBM text models in a saved classifier.
+MEMBER_SEPARATOR = "### medhub: next member ###\n"
 
 DEFAULT_PARAMS: dict[str, Any] = {
     "objective": "multiclass", "num_class": len(CLASSES), "learning_rate": 0.05, "num_leaves": 15,
@@ -46,21 +56,31 @@ DEFAULT_PARAMS: dict[str, Any] = {
 class CandidateClassifier:
     """Coronary vs not, per calcium candidate, with a calibrated probability; see the module docstring."""
 
-    def __init__(self, params: dict[str, Any] | None = None, rounds: int = 300, folds: int = 5) -> None:
+    def __init__(self, params: dict[str, Any] | None = None, rounds: int = 300, folds: int = 5,
+                 members: int = MEMBERS) -> None:
         self.params = {**DEFAULT_PARAMS, **(params or {})}
         self.rounds = rounds
         self.folds = folds
-        self.booster: Any = None
+        self.members = members
+        self.boosters: list[Any] = []
         self.calibration: tuple[np.ndarray, np.ndarray] | None = None
         self.record: dict[str, Any] = {}
 
     # -- fitting ---------------------------------------------------------------------------------------------
-    def _train(self, features: pd.DataFrame, classes: np.ndarray, weights: np.ndarray | None) -> Any:
+    def _train(self, features: pd.DataFrame, classes: np.ndarray, weights: np.ndarray | None) -> list[Any]:
         import lightgbm as lgb
 
         data = lgb.Dataset(features[list(FEATURES)].to_numpy(np.float64), label=classes, weight=weights,
-                           feature_name=list(FEATURES), free_raw_data=True)
-        return lgb.train(self.params, data, num_boost_round=self.rounds)
+                           feature_name=list(FEATURES), free_raw_data=False)
+        seed = int(self.params.get("seed", 0))
+        return [lgb.train({**self.params, "seed": seed + k}, data, num_boost_round=self.rounds)
+                for k in range(self.members)]
+
+    @staticmethod
+    def _raw(boosters: list[Any], features: pd.DataFrame) -> np.ndarray:
+        """The members' class probabilities, averaged: ``(candidates, classes)``."""
+        x = features[list(FEATURES)].to_numpy(np.float64)
+        return np.mean([booster.predict(x) for booster in boosters], axis=0)
 
     def fit(self, features: pd.DataFrame, classes: Sequence[str], groups: Sequence[Any],
             weights: Sequence[float] | None = None, record: dict[str, Any] | None = None) -> CandidateClassifier:
@@ -74,15 +94,15 @@ class CandidateClassifier:
         w = None if weights is None else np.asarray(weights, float)
         out_of_fold = np.zeros(len(codes))
         for train, test in GroupKFold(n_splits=self.folds).split(features, codes, groups):
-            booster = self._train(features.iloc[train], codes[train], None if w is None else w[train])
-            out_of_fold[test] = booster.predict(features.iloc[test][list(FEATURES)].to_numpy(np.float64))[:, 0]
+            boosters = self._train(features.iloc[train], codes[train], None if w is None else w[train])
+            out_of_fold[test] = self._raw(boosters, features.iloc[test])[:, 0]
         coronary = (codes == 0).astype(float)
         isotonic = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(out_of_fold, coronary,
                                                                                        sample_weight=w)
         self.calibration = (np.asarray(isotonic.X_thresholds_, float), np.asarray(isotonic.y_thresholds_, float))
         calibrated = self._calibrate(out_of_fold)
-        self.booster = self._train(features, codes, w)
-        self.record = {**(record or {}), "rows": len(codes),
+        self.boosters = self._train(features, codes, w)
+        self.record = {**(record or {}), "rows": len(codes), "members": self.members,
                        "rows_per_class": {c: int((codes == i).sum()) for i, c in enumerate(CLASSES)},
                        "scans": len(np.unique(groups)),
                        "out_of_fold": calibration_report(calibrated, coronary)}
@@ -99,12 +119,12 @@ class CandidateClassifier:
         """One row per candidate: ``p_coronary`` (calibrated), the raw class probabilities ``p_<class>``, the most
         likely non-coronary ``kind``, ``accepted`` (``p_coronary >= THRESHOLD``, or :data:`OUTSIDE_HEART_THRESHOLD`
         for a candidate mostly outside the heart mask) and ``reason`` in words."""
-        if self.booster is None:
+        if not self.boosters:
             raise RuntimeError("the classifier is not fitted")
         columns = ["p_coronary", *(f"p_{c}" for c in CLASSES[1:]), "kind", "accepted", "reason"]
         if not len(features):
             return pd.DataFrame(columns=columns)
-        raw = self.booster.predict(features[list(FEATURES)].to_numpy(np.float64))
+        raw = self._raw(self.boosters, features)
         p_coronary = self._calibrate(raw[:, 0])
         kind = np.array(CLASSES[1:])[raw[:, 1:].argmax(axis=1)]
         outside = features["heart_fraction"].to_numpy(float) < 0.5
@@ -121,18 +141,22 @@ class CandidateClassifier:
 
     # -- files -----------------------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
-        """Write the LightGBM text model to ``path`` and the sidecar to ``path`` with ``.json``."""
+        """Write the members' LightGBM text models to ``path`` (gzip-compressed when it ends in ``.gz``) and the
+        sidecar beside it (:func:`~medhub.io.files.sidecar_path`)."""
         from medhub.io.files import atomic_path
 
         path = Path(path)
+        text = MEMBER_SEPARATOR.join(b.model_to_string() for b in self.boosters).encode()
         with atomic_path(path) as tmp:
-            self.booster.save_model(str(tmp))
+            # mtime 0: the same model gives the same bytes, so its sha256 in the card holds
+            Path(tmp).write_bytes(gzip.compress(text, mtime=0) if path.suffix == ".gz" else text)
         sidecar = {"schema": "medhub.cac.candidate_classifier/1", "features": list(FEATURES), "classes": CLASSES,
                    "threshold": THRESHOLD, "params": self.params, "rounds": self.rounds,
+                   "members": len(self.boosters),
                    "calibration": {"raw": self.calibration[0].round(6).tolist(),
                                    "calibrated": self.calibration[1].round(6).tolist()} if self.calibration else None,
                    "training": self.record}
-        with atomic_path(path.with_suffix(".json")) as tmp:
+        with atomic_path(sidecar_path(path)) as tmp:
             Path(tmp).write_text(json.dumps(sidecar, indent=1))
         return path
 
@@ -141,12 +165,16 @@ class CandidateClassifier:
         import lightgbm as lgb
 
         path = Path(path)
-        sidecar = json.loads(path.with_suffix(".json").read_text())
+        sidecar = json.loads(sidecar_path(path).read_text())
         if list(sidecar["features"]) != list(FEATURES):
             raise ValueError(f"{path}: trained on features {sidecar['features']}, this version computes "
                              f"{list(FEATURES)}")
-        model = cls(sidecar["params"], sidecar["rounds"])
-        model.booster = lgb.Booster(model_file=str(path))
+        model = cls(sidecar["params"], sidecar["rounds"], members=int(sidecar.get("members", 1)))
+        data = path.read_bytes()
+        text = (gzip.decompress(data) if path.suffix == ".gz" else data).decode()
+        model.boosters = [lgb.Booster(model_str=part) for part in text.split(MEMBER_SEPARATOR)]
+        if len(model.boosters) != model.members:
+            raise ValueError(f"{path}: holds {len(model.boosters)} boosters, its sidecar says {model.members}")
         if sidecar.get("calibration"):
             model.calibration = (np.asarray(sidecar["calibration"]["raw"]),
                                  np.asarray(sidecar["calibration"]["calibrated"]))

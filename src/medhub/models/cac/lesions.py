@@ -63,6 +63,7 @@ import numpy as np
 import torch
 from scipy import ndimage as ndi
 
+from medhub.io.files import sidecar_path
 from medhub.learn.unet3d import UNet3D, UNet3DConfig
 from medhub.masks import crop_box, dilate_ball
 
@@ -197,10 +198,6 @@ def to_work(hu: np.ndarray, spacing_mm: Sequence[float], grid: WorkGrid, work_mm
 
 
 # ------------------------------------------------------------------------------------------- model
-def sidecar_path(weights_path: Path) -> Path:
-    return Path(weights_path).with_suffix(".json")
-
-
 def load_network(weights_path: Path = DEFAULT_WEIGHTS) -> tuple[UNet3D, dict[str, Any]]:
     """The network with its weights, in evaluation mode, and the sidecar (``{}`` when there is none).
 

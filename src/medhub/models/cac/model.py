@@ -80,7 +80,7 @@ class CAC(FolderModel):
 
     @property
     def classifier_path(self) -> Path:
-        return self.folder / "weights" / "cac_candidates.txt"
+        return self.folder / "weights" / "cac_candidates.txt.gz"
 
     @property
     def weights_path(self) -> Path:

@@ -37,6 +37,7 @@ from torch import nn
 
 from medhub.cac.scoring import ScoringConvention, score_calcium
 from medhub.image_quality import edge_spread_sigma_mm
+from medhub.io.files import sidecar_path
 from medhub.masks import crop_centred
 from medhub.models.cac.lesions import deterministic_torch
 
@@ -176,7 +177,7 @@ class RestoredScore:
 
 def sidecar(weights_path: Path) -> dict[str, Any]:
     """The weights' sidecar JSON (``trained_range`` and the training record)."""
-    return json.loads(Path(weights_path).with_suffix(".json").read_text())
+    return json.loads(sidecar_path(weights_path).read_text())
 
 
 @lru_cache(maxsize=2)

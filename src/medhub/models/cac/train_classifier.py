@@ -1,7 +1,7 @@
 """Train the candidate classifier (:mod:`.classifier`) on phantoms and on real anatomy with inserted plaques.
 
-    medhub cac train-classifier [--phantoms 240] [--lidc-trials 40] [--out weights/cac_candidates.txt]
-                                [--leave-out-lidc DIR] [--workers 2]
+    medhub cac train-classifier [--phantoms 240] [--lidc-trials 40] [--out weights/cac_candidates.txt.gz]
+                                [--leave-out-lidc DIR] [--workers 2] [--members 5] [--seed 0]
 
 Examples come from two sources, each run through the model's own steps (:func:`~.model.prepare_scan`: our heart,
 region, metal and noise; then :func:`~.candidates.find_candidates`), so the classifier learns from exactly what it
@@ -27,6 +27,9 @@ will see:
 The insertion benchmark (``benchmarks/cac_lesion_insertion.py``) draws its plaques from other seeds; to measure on
 a real scan the classifier has not seen, ``--leave-out-lidc DIR`` also fits ``DIR/without_<case>.txt`` for each
 LIDC case, on everything but that scan.
+
+The examples are gathered in job order whatever the number of workers, and the members' bagging draws rows by
+position, so the same command gives the same model.
 """
 
 from __future__ import annotations
@@ -43,11 +46,11 @@ from scipy import ndimage as ndi
 
 from medhub.io.orientation import apply_canonical, canonical_volume
 from medhub.io.volume import Volume
-from medhub.models.cac.classifier import CLASSES, CandidateClassifier
+from medhub.models.cac.classifier import CLASSES, MEMBERS, CandidateClassifier
 from medhub.models.cac.model import prepare_scan
 
 FOLDER = Path(__file__).resolve().parent
-DEFAULT_OUT = FOLDER / "weights" / "cac_candidates.txt"
+DEFAULT_OUT = FOLDER / "weights" / "cac_candidates.txt.gz"
 LIDC = FOLDER.parents[3].parent / "shared" / "data" / "lidc_chest_ct"
 LIDC_CASES = ("0187", "0987")
 #: First phantom seed: the lesion network used 0-679, the restoration 1,300-2,899, validation 5,000-6,059.
@@ -229,7 +232,8 @@ def collect(phantom_seeds: Iterable[int], lidc_trials: int, workers: int = 1, pr
             import multiprocessing as mp
 
             with mp.get_context("spawn").Pool(workers, initializer=_one_thread) as pool:
-                for table in pool.imap_unordered(_run, jobs):
+                # in job order: the boosters' bagging draws rows by position, so the order is part of the model
+                for table in pool.imap(_run, jobs):
                     tables.append(table)
                     bar.advance(task)
     return pd.concat([t for t in tables if len(t)], ignore_index=True)
@@ -253,14 +257,16 @@ def _run(job: tuple[Any, tuple]) -> pd.DataFrame:
         return pd.DataFrame()
 
 
-def fit(examples: pd.DataFrame, record: dict[str, Any]) -> CandidateClassifier:
-    return CandidateClassifier().fit(examples, examples["class"].to_numpy(), examples["scan"].to_numpy(),
-                                     examples["weight"].to_numpy(), record=record)
+def fit(examples: pd.DataFrame, record: dict[str, Any], members: int = MEMBERS, seed: int = 0
+        ) -> CandidateClassifier:
+    return CandidateClassifier({"seed": seed}, members=members).fit(
+        examples, examples["class"].to_numpy(), examples["scan"].to_numpy(), examples["weight"].to_numpy(),
+        record=record)
 
 
 def train(out: Path = DEFAULT_OUT, *, phantoms: int = 240, lidc_trials: int = 40, workers: int = 2,
-          leave_out_lidc: Path | None = None, examples_csv: Path | None = None, progress: bool = True
-          ) -> CandidateClassifier:
+          leave_out_lidc: Path | None = None, examples_csv: Path | None = None, members: int = MEMBERS,
+          seed: int = 0, progress: bool = True) -> CandidateClassifier:
     """Collect the examples (or read them from ``examples_csv`` when it exists), fit, save; see the module
     docstring."""
     start = time.time()
@@ -273,15 +279,17 @@ def train(out: Path = DEFAULT_OUT, *, phantoms: int = 240, lidc_trials: int = 40
             examples.to_csv(examples_csv, index=False)
     record = {"phantom_seeds": [PHANTOM_FIRST_SEED, PHANTOM_FIRST_SEED + phantoms - 1],
               "lidc_trials_per_case": lidc_trials if LIDC.is_dir() else 0,
-              "command": f"medhub cac train-classifier --phantoms {phantoms} --lidc-trials {lidc_trials}",
+              "command": f"medhub cac train-classifier --phantoms {phantoms} --lidc-trials {lidc_trials} "
+                         f"--members {members} --seed {seed}",
               "collected_in_s": round(time.time() - start)}
-    model = fit(examples, record)
+    model = fit(examples, record, members, seed)
     model.save(out)
     if leave_out_lidc is not None:
         Path(leave_out_lidc).mkdir(parents=True, exist_ok=True)
         for case in LIDC_CASES:
             rest = examples[examples["scan"] != f"lidc {case}"]
-            fit(rest, {**record, "left_out": f"lidc {case}"}).save(Path(leave_out_lidc) / f"without_{case}.txt")
+            without = fit(rest, {**record, "left_out": f"lidc {case}"}, members, seed)
+            without.save(Path(leave_out_lidc) / f"without_{case}.txt")
     return model
 
 
