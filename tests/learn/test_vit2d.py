@@ -31,6 +31,10 @@ def test_resnet_stem_gives_one_token_per_patch_and_learns_the_mae_objective():
     for name in ("hybrid", "resnet18"):
         assert vit_preset(name).stem == "resnet" and ViTEncoder(vit_preset(name))(
             torch.randn(1, 3, 112, 112)).shape == (1, 49, 256)
+    s32 = vit_preset("resnet18_s32")
+    assert ViTEncoder(s32)(torch.randn(1, 3, 128, 128)).shape == (1, 16, 512)
+    assert "half-width ResNet-18 layout, to 32-px cells" in s32.describe()
+    assert "3 stages" in vit_preset("resnet").describe()
     top = ViTEncoder(ViT2DConfig(image_size=32, patch=8, hidden=32, depth=0, stem="resnet", resnet_top_stage=True))
     assert isinstance(top.stem[-1], ResNetBlock) and top(torch.randn(1, 3, 32, 32)).shape == (1, 16, 32)
     with pytest.raises(ValueError, match="patch of 8"):

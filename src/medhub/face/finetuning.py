@@ -64,7 +64,8 @@ class PhotoFinetuneConfig:
 
     task: str = "face-age"
     arch: str = "tiny"
-    image_size: int = 112
+    #: Crop and network input (pixels a side); ``None``: the preset's.
+    image_size: int | None = None
     batch_size: int = 64
     steps: int = 2000
     stage2_steps: int = 600
@@ -207,7 +208,7 @@ def finetune_photos(table: str | Path, output: str | Path, *, checkpoint: str | 
     if missing:
         raise InputError(table, f"column(s) {', '.join(missing)} not in the table", code="bad-input")
     pretrained_meta: dict[str, Any] = {}
-    net_config = vit_preset(config.arch, image_size=config.image_size)
+    net_config = vit_preset(config.arch, **({"image_size": config.image_size} if config.image_size else {}))
     if checkpoint is not None and not config.from_scratch:
         pretrained_meta = json.loads(Path(checkpoint).with_suffix(".json").read_text())
         net_config = ViT2DConfig.from_dict(pretrained_meta["network"])

@@ -48,14 +48,15 @@ class PhotoSampler:
 
 
 def pretrain_photos(data: str | Path, output: str | Path, *, objective: str = "mae", arch: str = "tiny",
-                    image_size: int = 112, batch_size: int = 64, config: TrainingConfig | None = None,
+                    image_size: int | None = None, batch_size: int = 64, config: TrainingConfig | None = None,
                     mask_ratio: float = 0.6, mask_patch: int | None = None, mae_weight: float = 0.5,
                     crop_policy: Any | None = "default", cache: str | Path | None = None, resume: bool = False,
                     progress: bool = True) -> dict[str, Any]:
     """Pretrain the ViT ``arch`` with ``objective`` on every photo under ``data``; return the checkpoint's sidecar.
 
-    ``crop_policy`` is a :class:`~medhub.face.detect.CropPolicy`, ``"default"`` (the default policy at
-    ``image_size``) or ``None`` (the photos are face crops already).
+    ``image_size`` (pixels a side) defaults to the preset's. ``crop_policy`` is a
+    :class:`~medhub.face.detect.CropPolicy`, ``"default"`` (the default policy at ``image_size``) or ``None`` (the
+    photos are face crops already).
     """
     from medhub.errors import InputError
     from medhub.face.detect import CropPolicy
@@ -65,10 +66,11 @@ def pretrain_photos(data: str | Path, output: str | Path, *, objective: str = "m
         raise ValueError(f"unknown objective {objective!r}; choose from {', '.join(OBJECTIVES)}")
     output = Path(output)
     config = config or TrainingConfig()
-    net_config = vit_preset(arch, image_size=image_size)
-    policy = CropPolicy(size=image_size) if crop_policy == "default" else crop_policy
+    net_config = vit_preset(arch, **({"image_size": image_size} if image_size else {}))
+    size = net_config.image_size
+    policy = CropPolicy(size=size) if crop_policy == "default" else crop_policy
     photos = find_photos(data)
-    crops = CropCache.build(photos, cache or output / "cache", policy=policy, size=image_size, progress=progress)
+    crops = CropCache.build(photos, cache or output / "cache", policy=policy, size=size, progress=progress)
     if len(crops.crops) < 2:
         raise InputError(data, f"{len(crops.crops)} usable face photos of {len(photos)}; pretraining needs more",
                          code="bad-input")

@@ -19,7 +19,8 @@ def pretrain_command(
     modality: Annotated[str, typer.Option(help="mri (3D brain MRI, U-Net) or photo (face photos, ViT).")] = "mri",
     objective: Annotated[str, typer.Option(help="mae, contrastive or hybrid.")] = "mae",
     arch: Annotated[str, typer.Option(help="mri: tiny (CPU), unet_b (32 filters) or unet_xl (64); photo: tiny or "
-                                      "small (ViT), hybrid (ResNet stem + ViT), resnet or resnet18 (CNN).")] = "tiny",
+                                      "small (ViT), hybrid (ResNet stem + ViT), resnet, resnet18 or resnet18_s32 "
+                                      "(CNN).")] = "tiny",
     steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 1000,
     batch_size: Annotated[int | None, typer.Option(help="Samples per step, per process under torchrun (default: 2 "
                                                    "crops for mri, 64 photos).")] = None,
@@ -88,7 +89,7 @@ def finetune_command(
     from_scratch: Annotated[bool, typer.Option("--from-scratch", help="Random weights, same budget: the "
                                                "supervised baseline.")] = False,
     arch: Annotated[str, typer.Option(help="With --from-scratch: tiny, unet_b or unet_xl; photo "
-                                      "tasks: tiny, small, hybrid, resnet or resnet18.")] = "tiny",
+                                      "tasks: tiny, small, hybrid, resnet, resnet18 or resnet18_s32.")] = "tiny",
     steps: Annotated[int | None, typer.Option(help="Optimizer steps (stage 1 for face-age; default 200 for brain "
                                               "tasks, 2000 for photo tasks).")] = None,
     lr: Annotated[float | None, typer.Option(help="Peak learning rate (default 1e-3 brain, 5e-4 photo).")] = None,

@@ -20,8 +20,9 @@ Design choices, stated once:
 * Presets (:data:`VIT_PRESETS`): ``tiny`` (192 wide, 6 blocks, 3 heads: trains on 2 CPU cores), ``small``
   (384, 12, 6), ``hybrid`` (a ResNet stem of 32, 64 and 128 channels, then 256 wide, 4 blocks, 4 heads),
   ``resnet`` (the same stem and no transformer blocks: a CNN behind the same token interface, so the objectives,
-  heads and saliency work on it unchanged), and ``resnet18`` (``resnet`` with a fourth stage, 256 wide, on the
-  7 x 7 grid: a half-width ResNet-18).
+  heads and saliency work on it unchanged), ``resnet18`` (``resnet`` with a fourth stage, 256 wide, on the
+  7 x 7 grid: a half-width ResNet-18) and ``resnet18_s32`` (the half-width ResNet-18 at its own strides: stages
+  of 32, 64, 128 and 256 channels down to 32-px cells, a 4 x 4 grid of 128-px crops, projected to 512).
 """
 
 from __future__ import annotations
@@ -74,7 +75,8 @@ class ViT2DConfig:
     def describe(self) -> str:
         """The network in a few words, for model cards."""
         if self.stem == "resnet" and self.depth == 0:
-            layout = "half-width ResNet-18 layout" if self.resnet_top_stage else "three stages"
+            stages = self.patch.bit_length() - 2 + self.resnet_top_stage
+            layout = "half-width ResNet-18 layout" if stages == 4 else f"{stages} stages"
             return f"a 2D ResNet ({layout}, to {self.patch}-px cells, {self.hidden} features; no transformer)"
         return f"a 2D ViT ({self.hidden} wide, {self.depth} blocks, {self.stem} stem)"
 
@@ -89,6 +91,7 @@ VIT_PRESETS: dict[str, ViT2DConfig] = {
     "hybrid": ViT2DConfig(hidden=256, depth=4, heads=4, stem="resnet"),
     "resnet": ViT2DConfig(hidden=256, depth=0, heads=4, stem="resnet"),
     "resnet18": ViT2DConfig(hidden=256, depth=0, heads=4, stem="resnet", resnet_top_stage=True),
+    "resnet18_s32": ViT2DConfig(image_size=128, patch=32, hidden=512, depth=0, heads=8, stem="resnet"),
 }
 
 

@@ -4,8 +4,9 @@
         [--steps 2400] [--stage2-steps 600] [--lr 2e-3] [--stage2-lr 4e-4] [--finetuned RUN]
 
 1. ``medhub pretrain --modality photo --objective mae`` on every UTKFace photo (labels unused): the ``resnet18``
-   backbone of :mod:`medhub.learn.vit2d` (``--arch``), 112 px face crops from OpenCV's Haar detector (margin 0.1,
-   eyes levelled), batch 64, 60 % of 16-px patches masked. ``--pretrain-steps 0`` skips it (random weights).
+   backbone of :mod:`medhub.learn.vit2d` (``--arch``), face crops at the preset's size (112 px; 128 for
+   ``resnet18_s32``) from OpenCV's Haar detector (margin 0.1, eyes levelled), batch 64, 60 % of the network's
+   patches masked. ``--pretrain-steps 0`` skips it (random weights).
 2. ``medhub finetune --task face-age``: 15 % of the photos held out (stratified by age decade, seed 0); stage 1 on
    the rest drawn uniformly, stage 2 age-balanced (5-year bins) at a fifth of the learning rate; L1 on age / 100.
 3. The weights are stored as int8 per output channel (a quarter of the size, under the project's 5 MB limit;
@@ -78,7 +79,8 @@ def main() -> None:
     from medhub.face.hub import export_face_model
     from medhub.learn.vit2d import ViT2DConfig
 
-    backbone = ViT2DConfig.from_dict(sidecar["network"]).describe()
+    network = ViT2DConfig.from_dict(sidecar["network"])
+    backbone, size = network.describe(), network.image_size
     start = ("pretrained as a masked autoencoder on the same photos and finetuned" if sidecar.get("pretrained")
              else "trained from random weights")
     power = sidecar["finetune"].get("balance_power", 1.0)
@@ -93,7 +95,7 @@ def main() -> None:
             "title": "Apparent age from a face photo",
             "description": (
                 "Finds the face (OpenCV Haar cascade, most certain face, margin 0.1 of the box, eyes levelled), "
-                f"crops it to 112 x 112 and reads the age with {backbone}, {start} in two stages (uniform, "
+                f"crops it to {size} x {size} and reads the age with {backbone}, {start} in two stages (uniform, "
                 f"then {balanced}), as FAHR-FaceAge trains. Averages the face and its mirror image."),
             "evaluation": held,
             "limitations": (
