@@ -74,8 +74,10 @@ def _examples(n: int, seed: int) -> pd.DataFrame:
 
 def test_classifier_learns_calibrates_and_round_trips(tmp_path: Path) -> None:
     train, test = _examples(600, 0), _examples(300, 1)
-    model = CandidateClassifier(rounds=60).fit(train, train["class"], train["scan"])
+    sources = np.where(train["scan"] % 2, "phantom", "real")
+    model = CandidateClassifier(rounds=60).fit(train, train["class"], train["scan"], sources=sources)
     assert model.record["out_of_fold"]["recall"] > 0.9 and model.record["out_of_fold"]["precision"] > 0.9
+    assert set(model.record["out_of_fold_by_source"]) == {"phantom", "real"}
     decisions = model.predict(test)
     truth = (test["class"] == "coronary").to_numpy()
     assert ((decisions["accepted"].to_numpy() == truth).mean()) > 0.95

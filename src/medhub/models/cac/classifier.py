@@ -83,9 +83,11 @@ class CandidateClassifier:
         return np.mean([booster.predict(x) for booster in boosters], axis=0)
 
     def fit(self, features: pd.DataFrame, classes: Sequence[str], groups: Sequence[Any],
-            weights: Sequence[float] | None = None, record: dict[str, Any] | None = None) -> CandidateClassifier:
+            weights: Sequence[float] | None = None, record: dict[str, Any] | None = None,
+            sources: Sequence[str] | None = None) -> CandidateClassifier:
         """Fit on ``features`` (a table with :data:`FEATURES` columns), ``classes`` (one of :data:`CLASSES` per
-        row) and ``groups`` (the scan each row comes from, for the calibration's folds)."""
+        row) and ``groups`` (the scan each row comes from, for the calibration's folds). ``sources`` (a label per
+        row, e.g. "phantom" or "lidc") adds the out-of-fold report of each source to the record."""
         from sklearn.isotonic import IsotonicRegression
         from sklearn.model_selection import GroupKFold
 
@@ -106,6 +108,11 @@ class CandidateClassifier:
                        "rows_per_class": {c: int((codes == i).sum()) for i, c in enumerate(CLASSES)},
                        "scans": len(np.unique(groups)),
                        "out_of_fold": calibration_report(calibrated, coronary)}
+        if sources is not None:
+            sources = np.asarray(sources)
+            self.record["out_of_fold_by_source"] = {
+                str(name): calibration_report(calibrated[sources == name], coronary[sources == name])
+                for name in np.unique(sources)}
         return self
 
     def _calibrate(self, raw: np.ndarray) -> np.ndarray:

@@ -261,7 +261,7 @@ def fit(examples: pd.DataFrame, record: dict[str, Any], members: int = MEMBERS, 
         ) -> CandidateClassifier:
     return CandidateClassifier({"seed": seed}, members=members).fit(
         examples, examples["class"].to_numpy(), examples["scan"].to_numpy(), examples["weight"].to_numpy(),
-        record=record)
+        record=record, sources=examples["scan"].str.split().str[0].to_numpy())
 
 
 def train(out: Path = DEFAULT_OUT, *, phantoms: int = 240, lidc_trials: int = 40, workers: int = 2,
@@ -296,5 +296,5 @@ def train(out: Path = DEFAULT_OUT, *, phantoms: int = 240, lidc_trials: int = 40
 def summary(model: CandidateClassifier) -> str:
     report = model.record.get("out_of_fold", {})
     return (f"{model.record.get('rows')} candidates from {model.record.get('scans')} scans "
-            f"({json.dumps(model.record.get('rows_per_class'))}); out of fold: {json.dumps(report)}; classes "
-            f"{', '.join(CLASSES)}")
+            f"({json.dumps(model.record.get('rows_per_class'))}); out of fold: {json.dumps(report)}, by source "
+            f"{json.dumps(model.record.get('out_of_fold_by_source', {}))}; classes {', '.join(CLASSES)}")
