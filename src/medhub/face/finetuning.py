@@ -208,7 +208,7 @@ def finetune_photos(table: str | Path, output: str | Path, *, checkpoint: str | 
     if missing:
         raise InputError(table, f"column(s) {', '.join(missing)} not in the table", code="bad-input")
     pretrained_meta: dict[str, Any] = {}
-    net_config = vit_preset(config.arch, **({"image_size": config.image_size} if config.image_size else {}))
+    net_config = vit_preset(config.arch, image_size=config.image_size)
     if checkpoint is not None and not config.from_scratch:
         pretrained_meta = json.loads(Path(checkpoint).with_suffix(".json").read_text())
         net_config = ViT2DConfig.from_dict(pretrained_meta["network"])

@@ -66,7 +66,7 @@ def pretrain_photos(data: str | Path, output: str | Path, *, objective: str = "m
         raise ValueError(f"unknown objective {objective!r}; choose from {', '.join(OBJECTIVES)}")
     output = Path(output)
     config = config or TrainingConfig()
-    net_config = vit_preset(arch, **({"image_size": image_size} if image_size else {}))
+    net_config = vit_preset(arch, image_size=image_size)
     size = net_config.image_size
     policy = CropPolicy(size=size) if crop_policy == "default" else crop_policy
     photos = find_photos(data)

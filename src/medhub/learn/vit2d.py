@@ -96,10 +96,10 @@ VIT_PRESETS: dict[str, ViT2DConfig] = {
 
 
 def vit_preset(name: str, **overrides: Any) -> ViT2DConfig:
-    """A preset of :data:`VIT_PRESETS` with fields overridden (e.g. ``image_size``)."""
+    """A preset of :data:`VIT_PRESETS` with fields overridden (e.g. ``image_size``); a ``None`` keeps the preset's."""
     if name not in VIT_PRESETS:
         raise ValueError(f"unknown ViT preset {name!r}; choose from {', '.join(VIT_PRESETS)}")
-    return replace(VIT_PRESETS[name], **overrides)
+    return replace(VIT_PRESETS[name], **{k: v for k, v in overrides.items() if v is not None})
 
 
 def _conv_stem(config: ViT2DConfig) -> nn.Sequential:
