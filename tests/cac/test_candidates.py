@@ -136,6 +136,27 @@ def test_inserted_plaque_lands_at_its_site_with_the_scanners_blur() -> None:
     assert np.array_equal(again.hu, inserted.hu)
 
 
+def test_outside_pericardium_sites_lie_in_tissue_outside_the_heart_clear_of_lung_and_bone() -> None:
+    from scipy import ndimage as ndi
+
+    from medhub.models.cac.train_classifier import OUTSIDE_HU, OUTSIDE_MM, outside_pericardium_sites
+
+    spacing = (3.0, 3.0, 3.0)
+    z, y, x = np.mgrid[:40, :40, :40]
+    hu = np.full((40, 40, 40), 40, np.int16)  # soft tissue
+    hu[:, :, :6] = -800  # lung along one side
+    hu[:, 30:, :] = 700  # bone along another
+    heart = (z - 20) ** 2 + (y - 18) ** 2 + (x - 20) ** 2 <= 6 ** 2
+    sites = outside_pericardium_sites(hu, heart, hu >= 130, spacing)
+    assert len(sites)
+    distance = ndi.distance_transform_edt(~heart, sampling=spacing)[tuple(sites.T)]
+    assert distance.min() >= OUTSIDE_MM[0] and distance.max() <= OUTSIDE_MM[1]
+    values = hu[tuple(sites.T)]
+    assert values.min() >= OUTSIDE_HU[0] and values.max() <= OUTSIDE_HU[1]
+    assert sites[:, 2].min() * 3.0 >= 6 * 3.0 + 6.0 and sites[:, 1].max() * 3.0 <= 29 * 3.0 - 6.0
+    assert len(outside_pericardium_sites(hu, np.zeros_like(heart), hu >= 130, spacing)) == 0
+
+
 def test_phantom_nodes_and_granulomas_are_extra_non_coronary_calcium_outside_the_heart() -> None:
     from medhub.synth.cac_phantom import OTHER_CALCIUM, make_cac_phantom
 

@@ -23,6 +23,10 @@ will see:
    :data:`REPEAT_WEIGHT` each; the inserted plaques weigh :data:`REAL_PLAQUE_WEIGHT` each, because the phantoms'
    coronaries seldom run deep in the heart's base fat while their valve calcium does, and real anatomy must
    outvote that (leave one scan out: weight 1 detects 79 % of the visible inserted plaques, 5 detects 90 %).
+   Each trial also gets :data:`OUTSIDE_SPECKS` calcifications of the same draw, without a vessel, 6-21 mm outside
+   the heart mask in fat or soft tissue (:func:`outside_pericardium_sites`), as class "other": no coronary runs
+   outside the pericardium, and without these a classifier that never saw LIDC 0187 called a 168 HU speck behind
+   its sternum coronary in every trial.
 
 The insertion benchmark (``benchmarks/cac_lesion_insertion.py``) draws its plaques from other seeds; to measure on
 a real scan the classifier has not seen, ``--leave-out-lidc DIR`` also fits ``DIR/without_<case>.txt`` for each
@@ -46,6 +50,7 @@ from scipy import ndimage as ndi
 
 from medhub.io.orientation import apply_canonical, canonical_volume
 from medhub.io.volume import Volume
+from medhub.masks import dilate_mm
 from medhub.models.cac.classifier import CLASSES, MEMBERS, CandidateClassifier
 from medhub.models.cac.model import prepare_scan
 
@@ -61,6 +66,10 @@ REPEAT_WEIGHT = 0.2
 REAL_PLAQUE_WEIGHT = 5.0
 #: Kind codes of the phantom's calcifications and the class each stands for.
 KIND_CLASS = {"coronary": "coronary", "aortic": "aortic", "valve": "valve", "annulus": "valve"}
+#: Calcifications inserted per LIDC trial outside the pericardium (class "other"; see the module docstring, source
+#: 2), how far outside DeepCAC's heart mask (which holds the epicardial fat) they lie (mm), the HU of the tissue
+#: they go into, and the weight of each.
+OUTSIDE_SPECKS, OUTSIDE_MM, OUTSIDE_HU, OUTSIDE_WEIGHT = 2, (6.0, 21.0), (-200.0, 100.0), 1.0
 
 
 def candidate_examples(volume: Volume, truth: np.ndarray, class_of_code: dict[int, str], scan: str,
@@ -200,16 +209,41 @@ def lidc_examples(case: str, trial: int, seed: int = 1) -> pd.DataFrame:
                             lung_clear_mm=SITE_LUNG_CLEAR_MM)
     chosen = pick_sites(sites, volume.spacing, PLAQUES_PER_TRIAL, MIN_APART_MM, rng)
     inserted = insert_plaques(hu0, volume.spacing, chosen, rng, large=bool(rng.random() < 0.25))
-    hu = inserted.hu.astype(np.float32) + float(rng.uniform(-20.0, 20.0))
     codes = np.where(calcium, 1, 0).astype(np.uint8)
     for footprint in inserted.footprints:
         codes[footprint & (codes == 0)] = 2
+    hu = inserted.hu
+    if OUTSIDE_SPECKS:
+        outside = pick_sites(outside_pericardium_sites(hu0, heart, (hu0 >= 130) | calcium | (codes > 0),
+                                                       volume.spacing), volume.spacing, OUTSIDE_SPECKS,
+                             MIN_APART_MM / 2, rng)
+        specks = insert_plaques(hu, volume.spacing, outside, rng, vessel=False)
+        for footprint in specks.footprints:
+            codes[footprint & (codes == 0)] = 3
+        hu = specks.hu
+    hu = hu.astype(np.float32) + float(rng.uniform(-20.0, 20.0))
     # the scan's own candidates (code 0 or 1) repeat in every trial
     table = candidate_examples(Volume(np.rint(hu).astype(np.int16), volume.affine, modality="CT"), codes,
-                               {1: "coronary", 2: "coronary"}, f"lidc {case}",
-                               weight_of_code={0: REPEAT_WEIGHT, 1: REPEAT_WEIGHT, 2: REAL_PLAQUE_WEIGHT})
+                               {1: "coronary", 2: "coronary", 3: "other"}, f"lidc {case}",
+                               weight_of_code={0: REPEAT_WEIGHT, 1: REPEAT_WEIGHT, 2: REAL_PLAQUE_WEIGHT,
+                                               3: OUTSIDE_WEIGHT})
     table["trial"] = trial
     return table
+
+
+def outside_pericardium_sites(hu: np.ndarray, heart: np.ndarray, dense: np.ndarray,
+                              spacing_mm: tuple[float, float, float]) -> np.ndarray:
+    """Voxel indices ``(N, 3)`` of fat and soft tissue (:data:`OUTSIDE_HU`) :data:`OUTSIDE_MM` outside ``heart``
+    (DeepCAC's heart mask, epicardial fat included), 6 mm clear of lung and of ``dense``, and a plaque block's
+    half-size inside the image: the chest wall behind the sternum, costal cartilage, mediastinal fat and lymph
+    nodes, the great vessels' walls, where calcium is common and no coronary runs."""
+    from medhub.synth.plaque_insertion import HALF_BOX
+
+    distance = ndi.distance_transform_edt(~heart, sampling=spacing_mm) if heart.any() else np.zeros(heart.shape)
+    keep = (distance >= OUTSIDE_MM[0]) & (distance <= OUTSIDE_MM[1]) & (hu >= OUTSIDE_HU[0]) & (hu <= OUTSIDE_HU[1])
+    keep &= ~dilate_mm((hu < -400.0) | dense, spacing_mm, 6.0)
+    sites = np.argwhere(keep)
+    return sites[np.all((sites >= HALF_BOX) & (sites < np.array(hu.shape) - HALF_BOX), axis=1)]
 
 
 def collect(phantom_seeds: Iterable[int], lidc_trials: int, workers: int = 1, progress: bool = True
@@ -271,7 +305,7 @@ def train(out: Path = DEFAULT_OUT, *, phantoms: int = 240, lidc_trials: int = 40
     docstring."""
     start = time.time()
     if examples_csv is not None and Path(examples_csv).exists():
-        examples = pd.read_csv(examples_csv)
+        examples = pd.read_csv(examples_csv, float_precision="round_trip")
     else:
         seeds = range(PHANTOM_FIRST_SEED, PHANTOM_FIRST_SEED + phantoms)
         examples = collect(seeds, lidc_trials, workers, progress)
