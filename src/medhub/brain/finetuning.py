@@ -32,6 +32,7 @@ from torch import nn
 from medhub.brain.cache import CachedSession, cache_sessions
 from medhub.brain.layout import find_sessions
 from medhub.errors import InputError
+from medhub.io.files import sidecar_path
 from medhub.learn.checkpoints import load_pretrained
 from medhub.learn.trainer import Trainer, TrainingConfig
 from medhub.learn.unet3d import Decoder, Encoder, PooledHead, UNet3DConfig, pad_to_multiple
@@ -253,7 +254,7 @@ def finetune(checkpoint: str | Path | None, data: str | Path, output: str | Path
     sidecar: dict[str, Any] = {}
     if checkpoint is not None and not config.from_scratch:
         checkpoint = Path(checkpoint)
-        sidecar = json.loads(checkpoint.with_suffix(".json").read_text())
+        sidecar = json.loads(sidecar_path(checkpoint).read_text())
         base = UNet3DConfig.from_dict(sidecar["network"])
     elif arch_config is not None:
         base = arch_config

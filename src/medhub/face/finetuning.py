@@ -36,6 +36,7 @@ from torch import nn
 
 from medhub.errors import InputError
 from medhub.face.data import CropCache, augment, read_labelled_table, to_tensor
+from medhub.io.files import sidecar_path
 from medhub.learn.trainer import Trainer, TrainingConfig
 from medhub.learn.unet3d import PooledHead
 from medhub.learn.vit2d import ViT2DConfig, ViTEncoder, vit_preset
@@ -210,7 +211,7 @@ def finetune_photos(table: str | Path, output: str | Path, *, checkpoint: str | 
     pretrained_meta: dict[str, Any] = {}
     net_config = vit_preset(config.arch, image_size=config.image_size)
     if checkpoint is not None and not config.from_scratch:
-        pretrained_meta = json.loads(Path(checkpoint).with_suffix(".json").read_text())
+        pretrained_meta = json.loads(sidecar_path(checkpoint).read_text())
         net_config = ViT2DConfig.from_dict(pretrained_meta["network"])
     policy = CropPolicy(size=net_config.image_size) if crop_policy == "default" else crop_policy
     crops = CropCache.build(paths, cache or output / "cache", policy=policy, size=net_config.image_size,
@@ -297,12 +298,12 @@ def finetune_photos(table: str | Path, output: str | Path, *, checkpoint: str | 
     summary = {**metadata, "evaluation": evaluation, "failures": crops.failures,
                "final_loss": float(np.mean([r["loss"] for r in history[-20:]])) if history else math.nan}
     records.write_json(output / "evaluation.json", summary)
-    sidecar_path = output / "checkpoint.json"
-    sidecar = json.loads(sidecar_path.read_text())
+    sidecar_file = output / "checkpoint.json"
+    sidecar = json.loads(sidecar_file.read_text())
     sidecar["evaluation"] = evaluation
     from medhub.io.files import write_text_atomic
 
-    write_text_atomic(sidecar_path, json.dumps(sidecar, indent=1))
+    write_text_atomic(sidecar_file, json.dumps(sidecar, indent=1))
     return {**sidecar, "history": history}
 
 

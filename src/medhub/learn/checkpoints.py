@@ -9,6 +9,7 @@ from typing import Any
 from torch import nn
 
 from medhub.errors import InputError
+from medhub.io.files import sidecar_path
 
 
 def load_pretrained(net: nn.Module, checkpoint: str | Path) -> dict[str, Any]:
@@ -18,7 +19,7 @@ def load_pretrained(net: nn.Module, checkpoint: str | Path) -> dict[str, Any]:
     from safetensors.torch import load_file
 
     checkpoint = Path(checkpoint)
-    sidecar = json.loads(checkpoint.with_suffix(".json").read_text())
+    sidecar = json.loads(sidecar_path(checkpoint).read_text())
     weights = load_file(str(checkpoint))
     own = net.state_dict()
     first = "encoder.blocks.0.0.weight"
