@@ -1,7 +1,7 @@
 """Train and export ``face-age`` on the real UTKFace crops in ``../shared/data/utkface``.
 
     python -m medhub.models.face_age.train [--work /tmp/face] [--arch resnet18] [--pretrain-steps 1000]
-        [--steps 2400] [--stage2-steps 600] [--lr 2e-3] [--stage2-lr 4e-4] [--finetuned RUN]
+        [--steps 4000] [--stage2-steps 600] [--lr 2e-3] [--stage2-lr 4e-4] [--balance-power 0.5] [--finetuned RUN]
 
 1. ``medhub pretrain --modality photo --objective mae`` on every UTKFace photo (labels unused): the ``resnet18``
    backbone of :mod:`medhub.learn.vit2d` (``--arch``), face crops at the preset's size (112 px; 128 for
@@ -25,7 +25,7 @@ from pathlib import Path
 
 FOLDER = Path(__file__).resolve().parent
 UTKFACE = FOLDER.parents[3].parent / "shared" / "data" / "utkface"
-VERSION = "0.4.0"
+VERSION = "0.5.0"
 
 
 def _quantized_copy(run: Path, target: Path) -> Path:
@@ -44,11 +44,11 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/face"))
     parser.add_argument("--arch", default="resnet18", help="a photo backbone preset of medhub.learn.vit2d")
     parser.add_argument("--pretrain-steps", type=int, default=1000, help="0: finetune from random weights")
-    parser.add_argument("--steps", type=int, default=2400)
+    parser.add_argument("--steps", type=int, default=4000)
     parser.add_argument("--stage2-steps", type=int, default=600)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--stage2-lr", type=float, default=4e-4)
-    parser.add_argument("--balance-power", type=float, default=1.0, help="stage 2: 1 fully age-balanced, 0 not")
+    parser.add_argument("--balance-power", type=float, default=0.5, help="stage 2: 1 fully age-balanced, 0 not")
     parser.add_argument("--finetuned", type=Path)
     args = parser.parse_args()
     run = args.finetuned
@@ -100,8 +100,8 @@ def main() -> None:
             "evaluation": held,
             "limitations": (
                 "Trained on about 7,200 web photos, mostly young (median 22 years) and mostly frontal: errors "
-                "grow with age (MAE about 11 years at 50-59), adults of 20-39 are read 1-2 years older and "
-                "those of 60 and over 4-5 years younger (see the by-decade table in README.md). UTKFace's race "
+                "grow with age (MAE about 9 years at 50-59), adults of 20-39 are read 2-3 years older and "
+                "those of 60 and over 3-5 years younger (see the by-decade table in README.md). UTKFace's race "
                 "labels are coarse and imbalanced, and the error differs threefold between them; check the "
                 "by-race table before using it on a population. "
                 "A photo where the detector finds no face fails with no-face. Apparent age is not a health "
