@@ -36,7 +36,7 @@ from torch import nn
 
 from medhub.errors import InputError
 from medhub.face.data import CropCache, augment, read_labelled_table, to_tensor
-from medhub.io.files import sidecar_path
+from medhub.io.files import sidecar_path, write_text_atomic
 from medhub.learn.trainer import Trainer, TrainingConfig
 from medhub.learn.unet3d import PooledHead
 from medhub.learn.vit2d import ViT2DConfig, ViTEncoder, vit_preset
@@ -301,8 +301,6 @@ def finetune_photos(table: str | Path, output: str | Path, *, checkpoint: str | 
     sidecar_file = output / "checkpoint.json"
     sidecar = json.loads(sidecar_file.read_text())
     sidecar["evaluation"] = evaluation
-    from medhub.io.files import write_text_atomic
-
     write_text_atomic(sidecar_file, json.dumps(sidecar, indent=1))
     return {**sidecar, "history": history}
 

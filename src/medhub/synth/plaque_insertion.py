@@ -124,11 +124,11 @@ def pick_sites(sites: np.ndarray, spacing_mm: Sequence[float], n: int, min_apart
     chosen: list[np.ndarray] = []
     spacing = np.asarray(spacing_mm, float)
     for index in rng.permutation(len(sites)):
+        if len(chosen) >= n:
+            break
         site = sites[index]
         if all(np.linalg.norm((site - c) * spacing) >= min_apart_mm for c in chosen):
             chosen.append(site)
-        if len(chosen) == n:
-            break
     return chosen
 
 

@@ -212,16 +212,13 @@ def lidc_examples(case: str, trial: int, seed: int = 1) -> pd.DataFrame:
     codes = np.where(calcium, 1, 0).astype(np.uint8)
     for footprint in inserted.footprints:
         codes[footprint & (codes == 0)] = 2
-    hu = inserted.hu
-    if OUTSIDE_SPECKS:
-        outside = pick_sites(outside_pericardium_sites(hu0, heart, (hu0 >= 130) | calcium | (codes > 0),
-                                                       volume.spacing), volume.spacing, OUTSIDE_SPECKS,
-                             MIN_APART_MM / 2, rng)
-        specks = insert_plaques(hu, volume.spacing, outside, rng, vessel=False)
-        for footprint in specks.footprints:
-            codes[footprint & (codes == 0)] = 3
-        hu = specks.hu
-    hu = hu.astype(np.float32) + float(rng.uniform(-20.0, 20.0))
+    outside = pick_sites(outside_pericardium_sites(hu0, heart, (hu0 >= 130) | calcium | (codes > 0),
+                                                   volume.spacing), volume.spacing, OUTSIDE_SPECKS,
+                         MIN_APART_MM / 2, rng)
+    specks = insert_plaques(inserted.hu, volume.spacing, outside, rng, vessel=False)
+    for footprint in specks.footprints:
+        codes[footprint & (codes == 0)] = 3
+    hu = specks.hu.astype(np.float32) + float(rng.uniform(-20.0, 20.0))
     # the scan's own candidates (code 0 or 1) repeat in every trial
     table = candidate_examples(Volume(np.rint(hu).astype(np.int16), volume.affine, modality="CT"), codes,
                                {1: "coronary", 2: "coronary", 3: "other"}, f"lidc {case}",
