@@ -171,3 +171,18 @@ def test_phantom_nodes_and_granulomas_are_extra_non_coronary_calcium_outside_the
     assert [p for p in with_nodes.truth["plaques"] if p not in nodes] == plain.truth["plaques"]
     assert with_nodes.truth["totals"] == plain.truth["totals"]
 
+
+
+def test_train_classifier_command_defaults_are_the_training_functions() -> None:
+    """The CLI spells its defaults out (importing the trainer would slow start-up); they must not drift."""
+    import inspect
+
+    from medhub.cac.cli import train_classifier_command
+    from medhub.models.cac.train_classifier import train
+
+    command = inspect.signature(train_classifier_command).parameters
+    function = inspect.signature(train).parameters
+    shared = sorted(set(command) & set(function))
+    assert {"members", "phantoms", "lidc_trials", "seed", "workers", "out"} <= set(shared)
+    for name in shared:
+        assert command[name].default == function[name].default, name

@@ -264,9 +264,9 @@ def train_command(
 
 @cac_app.command("train-classifier")
 def train_classifier_command(
-    out: Annotated[Path, typer.Option("--out", help="Where to write the LightGBM models (.txt, or .txt.gz "
-                                      "compressed); a .json sidecar is added.")
-                   ] = Path("src/medhub/models/cac/weights/cac_candidates.txt.gz"),
+    out: Annotated[Path | None, typer.Option("--out", help="Where to write the LightGBM models (.txt, or .txt.gz "
+                                             "compressed; default: the cac model's shipped weights); a .json "
+                                             "sidecar is added.")] = None,
     phantoms: Annotated[int, typer.Option("--phantoms", min=0, help="Training phantoms.")] = 240,
     lidc_trials: Annotated[int, typer.Option("--lidc-trials", min=0, help="Insertion trials per shared LIDC scan "
                                              "(skipped when ../shared/data is absent).")] = 40,
@@ -285,7 +285,7 @@ def train_classifier_command(
 
     model = train(out, phantoms=phantoms, lidc_trials=lidc_trials, workers=workers, leave_out_lidc=leave_out_lidc,
                   examples_csv=examples, members=members, seed=seed, progress=console.is_terminal)
-    console.print(f"wrote {out} and its sidecar: {summary(model)}", highlight=False)
+    console.print(f"wrote {out or 'the cac model weights'} and its sidecar: {summary(model)}", highlight=False)
 
 
 @cac_app.command("phantom")

@@ -295,11 +295,12 @@ def fit(examples: pd.DataFrame, record: dict[str, Any], members: int = MEMBERS, 
         record=record, sources=examples["scan"].str.split().str[0].to_numpy())
 
 
-def train(out: Path = DEFAULT_OUT, *, phantoms: int = 240, lidc_trials: int = 40, workers: int = 2,
+def train(out: Path | None = None, *, phantoms: int = 240, lidc_trials: int = 40, workers: int = 2,
           leave_out_lidc: Path | None = None, examples_csv: Path | None = None, members: int = MEMBERS,
           seed: int = 0, progress: bool = True) -> CandidateClassifier:
-    """Collect the examples (or read them from ``examples_csv`` when it exists), fit, save; see the module
-    docstring."""
+    """Collect the examples (or read them from ``examples_csv`` when it exists), fit, save to ``out`` (default:
+    the model's shipped weights file); see the module docstring."""
+    out = DEFAULT_OUT if out is None else out
     start = time.time()
     if examples_csv is not None and Path(examples_csv).exists():
         examples = pd.read_csv(examples_csv, float_precision="round_trip")
