@@ -89,6 +89,49 @@ def test_exported_face_age_runs_on_a_folder_with_saliency(face_age, photos, tmp_
     assert first == second
 
 
+def test_two_face_age_runs_export_as_one_ensemble_that_averages_them(face_age, photos, pretrained, tmp_path):
+    second = tmp_path / "second"
+    done = run_cli("finetune", "--task", "face-age", "--data", str(photos), "--checkpoint", str(pretrained),
+                   "-o", str(second), "--steps", "20", "--stage2-steps", "5", "--batch-size", "16", "--no-detect",
+                   "--report-by", "group", "--holdout", "0.25")
+    assert done.returncode == 0, done.stderr
+    models = {}
+    for name, runs in (("first", [face_age]), ("second", [second]), ("both", [face_age, second])):
+        models[name] = tmp_path / name / "model"
+        done = run_cli("export-model", *map(str, runs), "--id", f"age-{name}", "-o", str(models[name]))
+        assert done.returncode == 0, done.stderr
+    sidecar = json.loads((models["both"] / "weights" / "checkpoint.json").read_text())
+    assert [m["finetune"]["steps"] for m in sidecar["members"]] == [30, 20]
+    assert set(sidecar["evaluation"]["by_group"]) == {"A", "B"}
+    held = [pd.read_csv(run / "evaluation.csv").set_index("image") for run in (face_age, second)]
+    mean = (held[0]["predicted_age"] + held[1].loc[held[0].index, "predicted_age"]) / 2
+    assert sidecar["evaluation"]["overall"]["mae"] == pytest.approx((mean - held[0]["age"]).abs().mean())
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / "photo_0000.png").write_bytes((photos.parent / "images" / "photo_0000.png").read_bytes())
+    values = {}
+    for name, model in models.items():
+        out = tmp_path / name / "out"
+        done = run_cli("run", str(model), "-i", str(inputs), "-o", str(out), "--saliency", "--saliency-method",
+                       "grad-cam")
+        assert done.returncode == 0, done.stderr
+        values[name] = json.loads((out / "photo_0000" / "results.json").read_text())["case"]["values"][
+            "face_age_years"]
+        assert np.asarray(Image.open(out / "photo_0000" / "saliency.png")).shape == (32, 32, 3)
+    assert values["both"] == pytest.approx((values["first"] + values["second"]) / 2, abs=0.011)
+
+
+def test_only_face_age_runs_combine(face_age, photos, pretrained, tmp_path):
+    survival = tmp_path / "survival"
+    done = run_cli("finetune", "--task", "survival", "--data", str(photos), "--checkpoint", str(pretrained),
+                   "-o", str(survival), "--steps", "4", "--batch-size", "16", "--no-detect")
+    assert done.returncode == 0, done.stderr
+    done = run_cli("export-model", str(face_age), str(survival), "--id", "mixed", "-o", str(tmp_path / "m"))
+    assert done.returncode != 0 and "only face-age runs can be combined" in done.stdout + done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "m" / "card.yaml").exists()
+
+
 def test_survival_finetuning_learns_a_gompertz_risk(photos, pretrained, tmp_path):
     out = tmp_path / "survival"
     done = run_cli("finetune", "--task", "survival", "--data", str(photos), "--checkpoint", str(pretrained),

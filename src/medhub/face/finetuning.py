@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -57,6 +58,20 @@ class FaceNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.encoder(x))[:, 0]
+
+
+class FaceEnsemble(nn.Module):
+    """The mean output of several :class:`FaceNet` of one architecture (``members.<i>.`` in the state dict).
+
+    Members finetuned from one pretraining with different schedules err differently; their mean is more accurate
+    than either (:func:`combine_face_runs`)."""
+
+    def __init__(self, members: Sequence[FaceNet]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([member(x) for member in self.members]).mean(0)
 
 
 @dataclass(frozen=True)
@@ -142,7 +157,7 @@ def split_holdout(strata: np.ndarray, share: float, seed: int) -> tuple[np.ndarr
 
 
 @torch.no_grad()
-def predict_crops(net: FaceNet, crops: np.ndarray, *, batch_size: int = 128) -> np.ndarray:
+def predict_crops(net: nn.Module, crops: np.ndarray, *, batch_size: int = 128) -> np.ndarray:
     """The network's output for each crop, averaged with its mirror image (years for face-age: times
     :data:`AGE_SCALE` is up to the caller)."""
     net.eval()
@@ -305,15 +320,75 @@ def finetune_photos(table: str | Path, output: str | Path, *, checkpoint: str | 
     return {**sidecar, "history": history}
 
 
-def load_face_net(folder: str | Path) -> tuple[FaceNet, dict[str, Any]]:
-    """The network and sidecar that :func:`finetune_photos` left in ``folder``."""
+def combine_face_runs(runs: Sequence[str | Path], output: str | Path) -> dict[str, Any]:
+    """Several ``face-age`` runs of one network, crop and held-out split as one ensemble run in ``output``, for
+    :func:`medhub.face.hub.export_face_model`: the checkpoint holds run ``i``'s weights under ``members.<i>.`` (a
+    :class:`FaceEnsemble`), the sidecar the first run's settings plus each member's settings and held-out figures,
+    and ``evaluation.csv`` / the sidecar's ``evaluation`` the members' mean prediction on the held-out photos.
+    Returns the sidecar."""
+    import pandas as pd
+    from safetensors.torch import load_file, save_file
+
+    from medhub.io import records
+
+    runs, output = [Path(r) for r in runs], Path(output)
+    sidecars = [json.loads((run / "checkpoint.json").read_text()) for run in runs]
+    first = sidecars[0]
+    for run, sidecar in zip(runs, sidecars, strict=True):
+        if sidecar.get("task") != "face-age":
+            raise InputError(run, "only face-age runs can be combined", code="bad-input")
+        for key in ("network", "crop_policy", "data"):
+            if sidecar.get(key) != first.get(key):
+                raise InputError(run, f"its {key} differs from {runs[0]}'s; members must share them", code="bad-input")
+    held = [pd.read_csv(run / "evaluation.csv").set_index("image") for run in runs]
+    if any(set(h.index) != set(held[0].index) for h in held):
+        raise InputError(runs[0], "the runs held out different photos", code="bad-input")
+    mean = held[0][["age"]].assign(predicted_age=np.mean([h.loc[held[0].index, "predicted_age"] for h in held], 0))
+    mean["abs_error"] = (mean["predicted_age"] - mean["age"]).abs()
+    evaluation = evaluate_age(mean["age"].to_numpy(), mean["predicted_age"].to_numpy(),
+                              _held_out_groups(first, list(mean.index)), seed=first["finetune"]["seed"])
+    output.mkdir(parents=True, exist_ok=True)
+    weights = {f"members.{i}.{key}": value for i, run in enumerate(runs)
+               for key, value in load_file(str(run / "checkpoint.safetensors")).items()}
+    save_file(weights, str(output / "checkpoint.safetensors"))
+    sidecar = {key: value for key, value in first.items() if key not in ("loss_history", "evaluation")}
+    sidecar["members"] = [{"run": str(run.resolve()), "finetune": s["finetune"],
+                           "evaluation": {k: s["evaluation"][k] for k in ("overall", "adults_20_plus",
+                                                                         "adults_40_plus") if k in s["evaluation"]}}
+                          for run, s in zip(runs, sidecars, strict=True)]
+    sidecar["evaluation"] = evaluation
+    records.write_csv(output / "evaluation.csv", mean.reset_index().to_dict("records"))
+    records.write_json(output / "evaluation.json", sidecar)
+    write_text_atomic(output / "checkpoint.json", json.dumps(sidecar, indent=1))
+    return sidecar
+
+
+def _held_out_groups(sidecar: dict[str, Any], images: list[str]) -> dict[str, np.ndarray]:
+    """The columns a run reported its held-out MAE by (``by_<column>``), for ``images``, read back from its table;
+    none when the table or a photo is no longer where the run found it."""
+    names = [k[3:] for k in sidecar.get("evaluation", {}) if k.startswith("by_") and k != "by_decade"]
+    try:
+        frame, paths = read_labelled_table(sidecar["data"]["table"])
+        row_of = {p.resolve(): i for i, p in enumerate(paths)}
+        rows = frame.iloc[[row_of[Path(image).resolve()] for image in images]]
+    except (InputError, KeyError):
+        return {}
+    return {name: rows[name].to_numpy() for name in names if name in rows}
+
+
+def load_face_net(folder: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """The network (a :class:`FaceNet`, or a :class:`FaceEnsemble` when the sidecar lists ``members``) and sidecar
+    that :func:`finetune_photos` or :func:`combine_face_runs` left in ``folder``."""
     from safetensors.torch import load_file
 
     from medhub.learn.checkpoints import dequantize
 
     folder = Path(folder)
     sidecar = json.loads((folder / "checkpoint.json").read_text())
-    net = FaceNet(ViT2DConfig.from_dict(sidecar["network"]), dropout=sidecar["finetune"].get("dropout", 0.1))
+    config = ViT2DConfig.from_dict(sidecar["network"])
+    dropout = sidecar["finetune"].get("dropout", 0.1)
+    members = [FaceNet(config, dropout=dropout) for _ in sidecar.get("members") or [None]]
+    net: nn.Module = members[0] if len(members) == 1 else FaceEnsemble(members)
     net.load_state_dict(dequantize(load_file(str(folder / "checkpoint.safetensors"))))
     net.eval()
     return net, sidecar

@@ -117,6 +117,8 @@ def export_face_model(finetuned: str | Path, output: str | Path, *, model_id: st
     template = FACE_OUTPUTS[task]
     network = sidecar["network"]
     backbone = ViT2DConfig.from_dict(network).describe()
+    if len(sidecar.get("members") or ()) > 1:
+        backbone = f"the mean of {len(sidecar['members'])} copies of {backbone}"
     pretrained = sidecar.get("pretrained")
     origin = (f"finetuned from a {pretrained.get('arch')} {pretrained.get('objective')} pretraining checkpoint"
               if pretrained else "trained from random weights")

@@ -4,7 +4,8 @@
   from a baseline (a uniform mid-grey face, 0 in the normalized space) to the photo, times the difference; summed
   over colour channels and taken in absolute value, then smoothed a little (a 3-pixel Gaussian) for display.
 * **Grad-CAM** (Selvaraju et al., 2017) on the ViT's final token map (:attr:`ViTEncoder.token_map`): token weights
-  from the pooled gradients, positive part, upsampled bilinearly from the token grid to the crop.
+  from the pooled gradients, positive part, upsampled bilinearly from the token grid to the crop; for an ensemble
+  (:class:`~medhub.face.finetuning.FaceEnsemble`) the mean of its members' maps.
 
 Maps are ``(H, W)`` float in [0, 1] on the crop's pixels; :func:`overlay` blends one onto the crop as RGB uint8.
 """
@@ -38,10 +39,13 @@ def saliency_map(net: torch.nn.Module, crop: np.ndarray, method: str = "integrat
     elif method == "grad-cam":
         from captum.attr import LayerAttribution, LayerGradCam
 
-        layer = net.encoder.token_map
-        cam = LayerGradCam(net, layer).attribute(x, relu_attributions=True)
-        heat = LayerAttribution.interpolate(cam, tuple(crop.shape[:2]), interpolate_mode="bilinear")[0, 0]
-        heat = heat.detach().numpy()
+        # An ensemble has one token map per member: the map of the mean output is the mean of the members' maps.
+        heats = []
+        for member in getattr(net, "members", [net]):
+            cam = LayerGradCam(member, member.encoder.token_map).attribute(x, relu_attributions=True)
+            heats.append(LayerAttribution.interpolate(cam, tuple(crop.shape[:2]),
+                                                      interpolate_mode="bilinear")[0, 0].detach().numpy())
+        heat = np.mean(heats, axis=0)
     else:
         raise ValueError(f"unknown saliency method {method!r}; choose from {', '.join(SALIENCY_METHODS)}")
     heat = np.clip(heat, 0, None)

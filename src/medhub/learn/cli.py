@@ -154,7 +154,9 @@ def finetune_command(
 
 
 def export_model_command(
-    finetuned: Annotated[Path, typer.Argument(help="A `medhub finetune` output folder.")],
+    finetuned: Annotated[list[Path], typer.Argument(help="A `medhub finetune` output folder; several face-age "
+                                                    "runs (one network, one held-out split) make one ensemble "
+                                                    "that averages them.")],
     model_id: Annotated[str, typer.Option("--id", help="The model's id, e.g. my-brain-tumor.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="The model folder to write.")],
     version: Annotated[str, typer.Option(help="The model's version (MAJOR.MINOR.PATCH).")] = "0.1.0",
@@ -163,17 +165,28 @@ def export_model_command(
 ) -> None:
     """Turn a finetuned checkpoint into a hub model folder: card, sha256-checked weights, README. Run it with
     `medhub run FOLDER INPUT OUTPUT`."""
+    import tempfile
+
+    from medhub.errors import InputError
     from medhub.hub.export import read_finetuned_sidecar
 
-    if read_finetuned_sidecar(finetuned).get("modality") == "photo":
+    if read_finetuned_sidecar(finetuned[0]).get("modality") == "photo":
+        from medhub.face.finetuning import combine_face_runs
         from medhub.face.hub import export_face_model
 
-        card = export_face_model(finetuned, output, model_id=model_id, version=version, trained_on=trained_on)
-        what = "photos"
+        with tempfile.TemporaryDirectory(prefix="medhub-ensemble-") as staging:
+            run = finetuned[0]
+            if len(finetuned) > 1:
+                run = Path(staging)
+                combine_face_runs(finetuned, run)
+            card = export_face_model(run, output, model_id=model_id, version=version, trained_on=trained_on)
+        what = "photos" if len(finetuned) == 1 else f"photos; the mean of {len(finetuned)} networks"
+    elif len(finetuned) > 1:
+        raise InputError(finetuned[1], "only face-age runs can be combined into one model", code="bad-option")
     else:
         from medhub.brain.hub import export_model
 
-        card = export_model(finetuned, output, model_id=model_id, version=version, trained_on=trained_on)
+        card = export_model(finetuned[0], output, model_id=model_id, version=version, trained_on=trained_on)
         what = "sequences " + ", ".join(s.name for s in card.inputs.sequences)
     console.print(f"exported {card.id} {card.version} ({card.task}; {what}) to {output}; run it with "
                   f"`medhub run {output} INPUT OUTPUT`", highlight=False)

@@ -1,7 +1,8 @@
 """Train and export ``face-age`` on the real UTKFace crops in ``../shared/data/utkface``.
 
     python -m medhub.models.face_age.train [--work /tmp/face] [--arch resnet18] [--pretrain-steps 1000]
-        [--steps 4000] [--stage2-steps 600] [--lr 2e-3] [--stage2-lr 4e-4] [--balance-power 0.5] [--finetuned RUN]
+        [--steps 4000 6000] [--stage2-steps 600] [--lr 2e-3] [--stage2-lr 4e-4] [--balance-power 0.5]
+        [--finetuned RUN [RUN ...]]
 
 1. ``medhub pretrain --modality photo --objective mae`` on every UTKFace photo (labels unused): the ``resnet18``
    backbone of :mod:`medhub.learn.vit2d` (``--arch``), face crops at the preset's size (112 px; 128 for
@@ -9,11 +10,13 @@
    patches masked. ``--pretrain-steps 0`` skips it (random weights).
 2. ``medhub finetune --task face-age``: 15 % of the photos held out (stratified by age decade, seed 0); stage 1 on
    the rest drawn uniformly, stage 2 age-balanced (5-year bins) at a fifth of the learning rate; L1 on age / 100.
+   One run per ``--steps`` value (stage-1 steps), all from the same pretraining; two or more are combined into one
+   ensemble that averages them (:func:`medhub.face.finetuning.combine_face_runs`).
 3. The weights are stored as int8 per output channel (a quarter of the size, under the project's 5 MB limit;
    ``medhub.learn.checkpoints.quantize_int8``) and exported into this folder with ``medhub export-model``;
    then ``python scripts/make_reference.py face-age`` rebuilds the reference.
 
-``--finetuned RUN`` skips 1-2 and exports an existing finetuning run.
+``--finetuned RUN [RUN ...]`` skips 1-2 and exports existing finetuning runs (combined when more than one).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from pathlib import Path
 
 FOLDER = Path(__file__).resolve().parent
 UTKFACE = FOLDER.parents[3].parent / "shared" / "data" / "utkface"
-VERSION = "0.5.0"
+VERSION = "0.6.0"
 
 
 def _quantized_copy(run: Path, target: Path) -> Path:
@@ -44,15 +47,16 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/face"))
     parser.add_argument("--arch", default="resnet18", help="a photo backbone preset of medhub.learn.vit2d")
     parser.add_argument("--pretrain-steps", type=int, default=1000, help="0: finetune from random weights")
-    parser.add_argument("--steps", type=int, default=4000)
+    parser.add_argument("--steps", type=int, nargs="+", default=[4000, 6000],
+                        help="stage-1 steps of each ensemble member (one finetuning run per value)")
     parser.add_argument("--stage2-steps", type=int, default=600)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--stage2-lr", type=float, default=4e-4)
     parser.add_argument("--balance-power", type=float, default=0.5, help="stage 2: 1 fully age-balanced, 0 not")
-    parser.add_argument("--finetuned", type=Path)
+    parser.add_argument("--finetuned", type=Path, nargs="+", help="existing finetuning runs to export")
     args = parser.parse_args()
-    run = args.finetuned
-    if run is None:
+    runs = args.finetuned
+    if runs is None:
         from medhub.face.finetuning import PhotoFinetuneConfig, finetune_photos
         from medhub.face.pretraining import pretrain_photos
         from medhub.learn.trainer import TrainingConfig
@@ -63,13 +67,20 @@ def main() -> None:
                 UTKFACE / "images", args.work / "pretrain", objective="mae", arch=args.arch,
                 config=TrainingConfig(steps=args.pretrain_steps, lr=1e-3, warmup_steps=50),
                 cache=args.work / "cache")["checkpoint"]
-        run = args.work / "age"
-        finetune_photos(UTKFACE / "labels.csv", run, checkpoint=checkpoint,
-                        config=PhotoFinetuneConfig(arch=args.arch, steps=args.steps, stage2_steps=args.stage2_steps,
-                                                   lr=args.lr, stage2_lr=args.stage2_lr,
-                                                   balance_power=args.balance_power,
-                                                   from_scratch=checkpoint is None),
-                        report_by=("race", "gender"), cache=args.work / "cache")
+        runs = [args.work / f"age-{steps}" for steps in args.steps]
+        for run, steps in zip(runs, args.steps, strict=True):
+            finetune_photos(UTKFACE / "labels.csv", run, checkpoint=checkpoint,
+                            config=PhotoFinetuneConfig(arch=args.arch, steps=steps, stage2_steps=args.stage2_steps,
+                                                       lr=args.lr, stage2_lr=args.stage2_lr,
+                                                       balance_power=args.balance_power,
+                                                       from_scratch=checkpoint is None),
+                            report_by=("race", "gender"), cache=args.work / "cache")
+    run = runs[0]
+    if len(runs) > 1:
+        from medhub.face.finetuning import combine_face_runs
+
+        run = args.work / "age-ensemble"
+        combine_face_runs(runs, run)
     sidecar = json.loads((run / "checkpoint.json").read_text())
     evaluation = sidecar["evaluation"]
     overall, adults = evaluation["overall"], evaluation["adults_20_plus"]
@@ -85,6 +96,9 @@ def main() -> None:
              else "trained from random weights")
     power = sidecar["finetune"].get("balance_power", 1.0)
     balanced = "age-balanced" if power == 1.0 else f"age-balanced with the weights raised to {power:g}"
+    members = sidecar.get("members") or [sidecar]
+    networks = backbone if len(members) == 1 else f"the mean of {len(members)} copies of {backbone}"
+    stage1 = " and ".join(f"{m['finetune']['steps']:,}" for m in members)
     card = export_face_model(
         _quantized_copy(run, args.work / "age-int8"), FOLDER, model_id="face-age", version=VERSION,
         name="FaceAge",
@@ -95,15 +109,16 @@ def main() -> None:
             "title": "Apparent age from a face photo",
             "description": (
                 "Finds the face (OpenCV Haar cascade, most certain face, margin 0.1 of the box, eyes levelled), "
-                f"crops it to {size} x {size} and reads the age with {backbone}, {start} in two stages (uniform, "
-                f"then {balanced}), as FAHR-FaceAge trains. Averages the face and its mirror image."),
+                f"crops it to {size} x {size} and reads the age with {networks}, {start} in two stages (uniform "
+                f"for {stage1} steps, then {balanced}), as FAHR-FaceAge trains. Averages the face and its mirror "
+                "image."),
             "evaluation": held,
             "limitations": (
                 "Trained on about 7,200 web photos, mostly young (median 22 years) and mostly frontal: errors "
-                "grow with age (MAE about 9 years at 50-59), adults of 20-39 are read 2-3 years older and "
-                "those of 60 and over 3-5 years younger (see the by-decade table in README.md). UTKFace's race "
-                "labels are coarse and imbalanced, and the error differs threefold between them; check the "
-                "by-race table before using it on a population. "
+                "grow with age (MAE about 9 years at 50-59), adults of 20-39 are read 1-2.5 years older and "
+                "those of 60-69 and 80+ about 4-5 years younger (see the by-decade table in README.md). "
+                "UTKFace's race labels are coarse and imbalanced, and the error differs threefold between them; "
+                "check the by-race table before using it on a population. "
                 "A photo where the detector finds no face fails with no-face. Apparent age is not a health "
                 "measure by itself; this is not the FAHR-FaceAge model and has not been validated on patients."),
             "intended_use": "Research on face photographs (apparent-age estimation). Not for clinical use.",
