@@ -138,3 +138,27 @@ def test_int8_weights_round_trip_within_half_a_step_per_channel():
     step = packed["w" + SCALE_SUFFIX].view(8, 1, 1, 1)
     assert ((restored["w"] - weights["w"]).abs() <= step / 2 + 1e-6).all()
     assert set(restored) == {"w", "b"}
+
+
+def test_encoder_loads_from_an_int8_ensemble_checkpoint_as_its_first_members_floats(tmp_path):
+    """The shipped face-age is such a checkpoint; survival finetuning may start from its encoder."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from medhub.face.finetuning import FaceEnsemble, FaceNet
+    from medhub.learn.checkpoints import dequantize, load_pretrained, quantize_int8
+
+    config = vit_preset("tiny", image_size=32)
+    torch.manual_seed(0)
+    ensemble = FaceEnsemble([FaceNet(config), FaceNet(config)])
+    save_file(quantize_int8(ensemble.state_dict()), str(tmp_path / "checkpoint.safetensors"))
+    (tmp_path / "checkpoint.json").write_text(json.dumps({"network": config.to_dict()}))
+    net = FaceNet(config)
+    load_pretrained(net, tmp_path / "checkpoint.safetensors")
+    expected = dequantize(quantize_int8(ensemble.members[0].state_dict()))
+    for key, value in net.state_dict().items():
+        if key.startswith("encoder."):
+            assert torch.equal(value, expected[key]), key
+    first_weight = next(k for k in expected if k.startswith("encoder.") and expected[k].dim() >= 2)
+    assert net.state_dict()[first_weight].abs().max() < 10  # scaled floats, not raw int8 steps
