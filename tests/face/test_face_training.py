@@ -193,22 +193,29 @@ def test_survival_finetuning_on_real_faces_ranks_simulated_gompertz_outcomes(sha
     """400 real UTKFace adults, survival drawn from a Gompertz hazard driven by each one's true age (simulated:
     nothing here is about real mortality). Starting from the shipped face-age encoder (which has seen these photos
     with their ages), the Cox head must rank the held-out outcomes better than chance."""
-    from medhub.hub.registry import get_model
-
     labels = pd.read_csv(shared_data / "utkface" / "labels.csv")
     adults = labels[labels["age"].between(20, 90)].sample(400, random_state=0)
     time, event = gompertz_outcomes(adults["age"].to_numpy(float), np.random.default_rng(1))
     table = tmp_path / "cohort.csv"
     adults.assign(time=time, event=event).to_csv(table, index=False)
-    encoder = get_model("face-age").folder / "weights" / "checkpoint.safetensors"
     out = tmp_path / "survival"
     done = run_cli("finetune", "--task", "survival", "--data", str(table), "--images",
-                   str(shared_data / "utkface" / "images"), "--checkpoint", str(encoder), "-o", str(out),
+                   str(shared_data / "utkface" / "images"), "--checkpoint", "face-age", "-o", str(out),
                    "--steps", "60", "--batch-size", "32", "--holdout", "0.3")
     assert done.returncode == 0, done.stderr
     evaluation = json.loads((out / "evaluation.json").read_text())["evaluation"]
     assert evaluation["c_index"]["c_index"] > 0.6
 
+
+
+@pytest.mark.parametrize(("checkpoint", "reason"), [("no-such-model", "neither a checkpoint file nor"),
+                                                    ("lung-ct", "ships no network checkpoint")])
+def test_a_checkpoint_that_is_neither_a_file_nor_a_network_model_is_a_clear_error(photos, tmp_path, checkpoint,
+                                                                                  reason):
+    done = run_cli("finetune", "--task", "face-age", "--data", str(photos), "--checkpoint", checkpoint,
+                   "-o", str(tmp_path / "out"), "--no-detect")
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert checkpoint in done.stderr and reason in done.stderr
 
 
 def test_age_balancing_draws_every_bin_equally_and_softens_with_the_power():

@@ -12,6 +12,24 @@ from medhub.errors import InputError
 from medhub.io.files import sidecar_path
 
 
+def resolve_checkpoint(checkpoint: str | Path) -> Path:
+    """``checkpoint`` when it is a file, else the network checkpoint of the installed model with that id (e.g.
+    ``face-age``, to finetune a new task from its encoder). A model without one is an error naming it."""
+    path = Path(checkpoint)
+    if path.is_file():
+        return path
+    from medhub.errors import MedhubError
+    from medhub.hub.registry import get_model
+
+    try:
+        weights = getattr(get_model(str(checkpoint)), "weights_path", None)
+    except MedhubError as e:
+        raise InputError(path, "neither a checkpoint file nor an installed model's id", code="not-found") from e
+    if weights is None or not weights.is_file() or not sidecar_path(weights).is_file():
+        raise InputError(path, "this model ships no network checkpoint to start from", code="bad-option")
+    return weights
+
+
 def load_pretrained(net: nn.Module, checkpoint: str | Path) -> dict[str, Any]:
     """Copy the encoder (and decoder, when ``net`` has one) from a pretraining checkpoint into ``net``, checking
     every shape; a 3D U-Net's first convolution is inflated from one input channel to ``net``'s (the pretrained

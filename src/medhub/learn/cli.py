@@ -83,7 +83,9 @@ def finetune_command(
     task: Annotated[str, typer.Option(help="Brain: infarct, meningioma, brain-age or tumor. Photo: face-age or "
                                       "survival.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the finetuned checkpoint and results.")],
-    checkpoint: Annotated[Path | None, typer.Option(help="A `medhub pretrain` checkpoint.safetensors.")] = None,
+    checkpoint: Annotated[Path | None, typer.Option(help="A `medhub pretrain` checkpoint.safetensors, or an "
+                                                    "installed model's id (e.g. face-age: start from its "
+                                                    "encoder).")] = None,
     shots: Annotated[int, typer.Option(help="Labelled sessions to train on (the rest are evaluated).")] = 8,
     seed: Annotated[int, typer.Option(help="Seed of the shot sampling and the training.")] = 0,
     from_scratch: Annotated[bool, typer.Option("--from-scratch", help="Random weights, same budget: the "
@@ -114,6 +116,10 @@ def finetune_command(
 
     if checkpoint is None and not from_scratch:
         raise InputError(None, "give --checkpoint, or --from-scratch for the supervised baseline", code="bad-option")
+    if checkpoint is not None and not from_scratch:
+        from medhub.learn.checkpoints import resolve_checkpoint
+
+        checkpoint = resolve_checkpoint(checkpoint)
     if task in ("face-age", "survival"):
         from medhub.face.finetuning import PhotoFinetuneConfig, finetune_photos
 
