@@ -141,7 +141,8 @@ def test_int8_weights_round_trip_within_half_a_step_per_channel():
 
 
 def test_encoder_loads_from_an_int8_ensemble_checkpoint_as_its_first_members_floats(tmp_path):
-    """The shipped face-age is such a checkpoint; survival finetuning may start from its encoder."""
+    """The shipped face-age is such a checkpoint (its first network's file); survival finetuning may start from
+    its encoder."""
     import json
 
     from safetensors.torch import save_file
@@ -152,7 +153,7 @@ def test_encoder_loads_from_an_int8_ensemble_checkpoint_as_its_first_members_flo
     config = vit_preset("tiny", image_size=32)
     torch.manual_seed(0)
     ensemble = FaceEnsemble([FaceNet(config), FaceNet(config)])
-    save_file(quantize_int8(ensemble.state_dict()), str(tmp_path / "checkpoint.safetensors"))
+    save_file(quantize_int8(ensemble.members[0].state_dict()), str(tmp_path / "checkpoint.safetensors"))
     (tmp_path / "checkpoint.json").write_text(json.dumps({"network": config.to_dict()}))
     net = FaceNet(config)
     load_pretrained(net, tmp_path / "checkpoint.safetensors")

@@ -45,6 +45,8 @@ from medhub.learn.vit2d import ViT2DConfig, ViTEncoder, vit_preset
 PhotoTaskName = Literal["face-age", "survival"]
 PHOTO_TASKS: tuple[str, ...] = ("face-age", "survival")
 AGE_SCALE = 100.0  # years per network unit: the regression target is age / 100
+#: A run's (or an ensemble's first network's) weights file; the sidecar is ``checkpoint.json`` beside it.
+MAIN_WEIGHTS = "checkpoint.safetensors"
 
 
 class FaceNet(nn.Module):
@@ -61,7 +63,7 @@ class FaceNet(nn.Module):
 
 
 class FaceEnsemble(nn.Module):
-    """The mean output of several :class:`FaceNet` of one architecture (``members.<i>.`` in the state dict).
+    """The mean output of several :class:`FaceNet` of one architecture.
 
     Members finetuned from one pretraining with different schedules err differently; their mean is more accurate
     than either (:func:`combine_face_runs`)."""
@@ -322,12 +324,14 @@ def finetune_photos(table: str | Path, output: str | Path, *, checkpoint: str | 
 
 def combine_face_runs(runs: Sequence[str | Path], output: str | Path) -> dict[str, Any]:
     """Several ``face-age`` runs of one network, crop and held-out split as one ensemble run in ``output``, for
-    :func:`medhub.face.hub.export_face_model`: the checkpoint holds run ``i``'s weights under ``members.<i>.`` (a
-    :class:`FaceEnsemble`), the sidecar the first run's settings plus each member's settings and held-out figures,
-    and ``evaluation.csv`` / the sidecar's ``evaluation`` the members' mean prediction on the held-out photos.
-    Returns the sidecar."""
+    :func:`medhub.face.hub.export_face_model`: the first run's weights stay ``checkpoint.safetensors`` (so the
+    folder is also a plain checkpoint of that run's network), run ``i``'s are ``member-<i>.safetensors``; the
+    sidecar holds the first run's settings and, under ``members``, each member's weights file, settings and
+    held-out figures; ``evaluation.csv`` and the sidecar's ``evaluation`` are the members' mean prediction on the
+    held-out photos (a :class:`FaceEnsemble`). Returns the sidecar."""
+    import shutil
+
     import pandas as pd
-    from safetensors.torch import load_file, save_file
 
     from medhub.io import records
 
@@ -348,14 +352,14 @@ def combine_face_runs(runs: Sequence[str | Path], output: str | Path) -> dict[st
     evaluation = evaluate_age(mean["age"].to_numpy(), mean["predicted_age"].to_numpy(),
                               _held_out_groups(first, list(mean.index)), seed=first["finetune"]["seed"])
     output.mkdir(parents=True, exist_ok=True)
-    weights = {f"members.{i}.{key}": value for i, run in enumerate(runs)
-               for key, value in load_file(str(run / "checkpoint.safetensors")).items()}
-    save_file(weights, str(output / "checkpoint.safetensors"))
+    files = [MAIN_WEIGHTS] + [f"member-{i}.safetensors" for i in range(1, len(runs))]
+    for run, file in zip(runs, files, strict=True):
+        shutil.copy2(run / MAIN_WEIGHTS, output / file)
     sidecar = {key: value for key, value in first.items() if key not in ("loss_history", "evaluation")}
-    sidecar["members"] = [{"run": str(run.resolve()), "finetune": s["finetune"],
+    sidecar["members"] = [{"weights": file, "run": str(run.resolve()), "finetune": s["finetune"],
                            "evaluation": {k: s["evaluation"][k] for k in ("overall", "adults_20_plus",
                                                                          "adults_40_plus") if k in s["evaluation"]}}
-                          for run, s in zip(runs, sidecars, strict=True)]
+                          for run, s, file in zip(runs, sidecars, files, strict=True)]
     sidecar["evaluation"] = evaluation
     records.write_csv(output / "evaluation.csv", mean.reset_index().to_dict("records"))
     records.write_json(output / "evaluation.json", sidecar)
@@ -376,6 +380,11 @@ def _held_out_groups(sidecar: dict[str, Any], images: list[str]) -> dict[str, np
     return {name: rows[name].to_numpy() for name in names if name in rows}
 
 
+def member_weights(sidecar: dict[str, Any]) -> list[str]:
+    """The weights files of a run's networks: ``checkpoint.safetensors``, then any ensemble members'."""
+    return [member["weights"] for member in sidecar.get("members") or [{"weights": MAIN_WEIGHTS}]]
+
+
 def load_face_net(folder: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """The network (a :class:`FaceNet`, or a :class:`FaceEnsemble` when the sidecar lists ``members``) and sidecar
     that :func:`finetune_photos` or :func:`combine_face_runs` left in ``folder``."""
@@ -386,9 +395,11 @@ def load_face_net(folder: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     folder = Path(folder)
     sidecar = json.loads((folder / "checkpoint.json").read_text())
     config = ViT2DConfig.from_dict(sidecar["network"])
-    dropout = sidecar["finetune"].get("dropout", 0.1)
-    members = [FaceNet(config, dropout=dropout) for _ in sidecar.get("members") or [None]]
+    members = []
+    for file in member_weights(sidecar):
+        member = FaceNet(config, dropout=sidecar["finetune"].get("dropout", 0.1))
+        member.load_state_dict(dequantize(load_file(str(folder / file))))
+        members.append(member)
     net: nn.Module = members[0] if len(members) == 1 else FaceEnsemble(members)
-    net.load_state_dict(dequantize(load_file(str(folder / "checkpoint.safetensors"))))
     net.eval()
     return net, sidecar

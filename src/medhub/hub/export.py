@@ -58,13 +58,17 @@ def package_model(finetuned: str | Path, output: str | Path, card: dict[str, Any
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=output))
     try:
         (staging / "weights").mkdir()
-        shutil.copy2(finetuned / "checkpoint.safetensors", staging / "weights" / "checkpoint.safetensors")
+        # an ensemble's further networks (medhub.face.finetuning.combine_face_runs) sit beside the checkpoint
+        members = [m["weights"] for m in sidecar.get("members") or () if m["weights"] != "checkpoint.safetensors"]
+        for file in ("checkpoint.safetensors", *members):
+            shutil.copy2(finetuned / file, staging / "weights" / file)
         # the per-step loss history stays with the training run; the model keeps its settings and final loss
         history = sidecar.pop("loss_history", None) or [None]
         sidecar["final_loss"] = history[-1]
         (staging / "weights" / "checkpoint.json").write_text(json.dumps(sidecar, indent=1) + "\n")
         weights = []
         for file, purpose in (("checkpoint.safetensors", "network weights"),
+                              *((m, "network weights of an ensemble member") for m in members),
                               ("checkpoint.json", "network, task and preprocessing settings")):
             weights.append({"file": f"weights/{file}", "sha256": sha256_file(staging / "weights" / file),
                             "size_bytes": (staging / "weights" / file).stat().st_size, "license": license,

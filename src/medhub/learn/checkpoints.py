@@ -33,17 +33,13 @@ def resolve_checkpoint(checkpoint: str | Path) -> Path:
 def load_pretrained(net: nn.Module, checkpoint: str | Path) -> dict[str, Any]:
     """Copy the encoder (and decoder, when ``net`` has one) from a pretraining checkpoint into ``net``, checking
     every shape; a 3D U-Net's first convolution is inflated from one input channel to ``net``'s (the pretrained
-    filter copied to each channel and divided by their number). An int8 checkpoint (:func:`quantize_int8`) is
-    dequantized; from an ensemble's (``members.<i>.`` keys, e.g. the shipped ``face-age``) the first member's
-    encoder is taken. Returns the checkpoint's sidecar."""
+    filter copied to each channel and divided by their number). An int8 checkpoint (:func:`quantize_int8`, e.g.
+    the shipped ``face-age``'s: its first network) is dequantized. Returns the checkpoint's sidecar."""
     from safetensors.torch import load_file
 
     checkpoint = Path(checkpoint)
     sidecar = json.loads(sidecar_path(checkpoint).read_text())
     weights = dequantize(load_file(str(checkpoint)))
-    member = "members.0."
-    if not any(key.startswith("encoder.") for key in weights) and any(key.startswith(member) for key in weights):
-        weights = {key[len(member):]: value for key, value in weights.items() if key.startswith(member)}
     own = net.state_dict()
     first = "encoder.blocks.0.0.weight"
     loaded = 0

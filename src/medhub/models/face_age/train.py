@@ -34,11 +34,13 @@ VERSION = "0.6.0"
 def _quantized_copy(run: Path, target: Path) -> Path:
     from safetensors.torch import load_file, save_file
 
+    from medhub.face.finetuning import member_weights
     from medhub.learn.checkpoints import quantize_int8
 
     target.mkdir(parents=True, exist_ok=True)
-    save_file(quantize_int8(load_file(str(run / "checkpoint.safetensors"))), str(target / "checkpoint.safetensors"))
     shutil.copy2(run / "checkpoint.json", target / "checkpoint.json")
+    for file in member_weights(json.loads((run / "checkpoint.json").read_text())):
+        save_file(quantize_int8(load_file(str(run / file))), str(target / file))
     return target
 
 
