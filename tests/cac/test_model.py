@@ -13,7 +13,13 @@ from scipy import ndimage as ndi
 from medhub.errors import InputError
 from medhub.io.orientation import reoriented
 from medhub.io.volume import Volume
-from medhub.models.cac.lesions import drop_lung_contact, drop_noise_like, half_maximum_footprint, soft_tissue_noise
+from medhub.models.cac.lesions import (
+    drop_lung_contact,
+    drop_noise_like,
+    half_maximum_footprint,
+    scored_footprint,
+    soft_tissue_noise,
+)
 from medhub.models.cac.model import CAC, CANDIDATE_COLUMNS, METAL_HU, find_metal, is_part_of_bone
 from medhub.synth.cac_phantom import make_cac_phantom
 from tests.conftest import SHARED_DATA, run_cli
@@ -257,6 +263,16 @@ def test_half_maximum_footprint_cuts_each_slice_at_its_own_peak() -> None:
     cut = half_maximum_footprint(hu, lesions)
     # a level from the joint 880 HU peak (460 HU) would remove the 380 HU plaque whole
     assert cut[1].sum() == 16 and cut[5].sum() == 16 and not cut[2:5].any()
+
+
+def test_scored_footprint_cuts_on_fine_grids_and_keeps_every_130_hu_voxel_on_coarse_ones() -> None:
+    image, _ = _blurred_disc(5.0, 800.0, sigma_px=1.0)
+    above = image >= 130
+    fine = scored_footprint(image, above, (1.0, 0.7, 0.7))
+    assert np.array_equal(fine, half_maximum_footprint(image, above)) and fine.sum() < above.sum()
+    # DeepCAC's 3 mm grid: its reference masks hold every >= 130 HU voxel of a lesion, so nothing is cut
+    assert np.array_equal(scored_footprint(image, above, (3.0, 3.0, 3.0)), above)
+    assert not scored_footprint(image, np.ones_like(above), (3.0, 3.0, 3.0))[~above].any()
 
 
 def test_lung_contact_drops_pulmonary_calcium_only() -> None:

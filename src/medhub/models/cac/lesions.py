@@ -27,7 +27,8 @@ Pipeline of :func:`segment_calcium`, stated once:
    edge: around a 800 HU plaque the image stays above 130 HU for about half a PSF width outside it, so scoring every
    ``>= 130 HU`` voxel of the lesion inflates dense plaques by up to half. Each lesion is cut, slice by slice, at its
    half-maximum level, ``background + (peak - background) / 2`` (never below 130 HU): on a blurred edge the
-   half-maximum sits on the true boundary, whatever the PSF width.
+   half-maximum sits on the true boundary, whatever the PSF width. Only on grids that resolve the PSF
+   (:func:`scored_footprint`): on coarse resamplings such as DeepCAC's 3 mm grid every ``>= 130 HU`` voxel counts.
 
 6. **Lung contact** (:func:`drop_lung_contact`). Coronary calcium lies in the epicardial fat, under the
    pericardium; calcium with lung (< -400 HU) on a fifth or more of its 3 mm surroundings is pulmonary or pleural
@@ -322,6 +323,24 @@ def half_maximum_footprint(hu: np.ndarray, lesions: np.ndarray, min_hu: float = 
             level = max(min_hu, background + 0.5 * (peak - background))
             out_in[z][box] |= ndi.binary_dilation(lesion, _INPLANE_8) & (image >= level)
     return out
+
+
+#: Largest in-plane pixel (mm) on which lesions are cut at their half-maximum. The cut needs the PSF's spread resolved:
+#: a clinical kernel spreads a dense plaque's HU about half a millimetre past its edge, a fringe of one or two
+#: sub-millimetre pixels. On a coarse resampling (DeepCAC's 3 mm grid: linear for the image, nearest neighbour for
+#: its reference masks) that fringe is a fraction of a voxel, every ``>= 130 HU`` voxel holds calcium, and the
+#: reference masks there hold every one of them; cutting lost half of a dense plaque's score against them.
+HALF_MAXIMUM_MAX_PIXEL_MM = 1.5
+
+
+def scored_footprint(hu: np.ndarray, lesions: np.ndarray, spacing_mm: Sequence[float],
+                     min_hu: float = CANDIDATE_HU) -> np.ndarray:
+    """The voxels of ``lesions`` (bool, on the grid of ``hu``) that are scored: cut at their half-maximum
+    (:func:`half_maximum_footprint`) when the in-plane pixel is at most :data:`HALF_MAXIMUM_MAX_PIXEL_MM`, otherwise
+    every ``>= min_hu`` voxel. ``spacing_mm`` is (slice, row, column)."""
+    if math.sqrt(float(spacing_mm[1]) * float(spacing_mm[2])) <= HALF_MAXIMUM_MAX_PIXEL_MM:
+        return half_maximum_footprint(hu, lesions, min_hu)
+    return np.asarray(lesions, bool) & (np.asarray(hu) >= min_hu)
 
 
 def _drop_lesions(hu: np.ndarray, lesions: np.ndarray, pad: Sequence[int],

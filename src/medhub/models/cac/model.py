@@ -7,10 +7,12 @@ Pipeline on a :class:`~medhub.io.volume.Volume` (HU, LPS), viewed in canonical o
    field of view is a refusal ("heart not found"), never a score of 0;
 2. contrast check: a median blood pool above :data:`CONTRAST_BLOOD_POOL_HU` is refused;
 3. metal (stents, wires, valves) inside the heart region is flagged, listed and masked out;
-4. coronary calcium inside the dilated heart region by the 3D U-Net (:mod:`.lesions`; a lesion mostly outside the
-   heart mask itself needs a confident network), each lesion cut slice by slice at its half-maximum HU to undo the
-   PSF's spread of dense calcium; lesions touching lung are dropped (pulmonary), and so are specks that noise
-   alone explains (under 4 mm² and under 4.5 noise SDs above the heart's soft tissue);
+4. coronary calcium inside the dilated heart region: every ``>= 130 HU`` candidate (:mod:`.candidates`) judged by
+   the classifier (:mod:`.classifier`; the 0.x 3D U-Net of :mod:`.lesions` stays switchable with
+   ``lesion_method = "network"``), each accepted lesion cut slice by slice at its half-maximum HU to undo the
+   PSF's spread of dense calcium where the grid resolves it (:func:`.lesions.scored_footprint`); lesions touching
+   lung are dropped (pulmonary), and so are specks that noise alone explains (under 4 mm² and under 4.5 noise SDs
+   above the heart's soft tissue);
 5. scores with :func:`medhub.cac.scoring.score_calcium` in the "mapped" convention (lesion mask ∩ >= 130 HU,
    2D 8-connected lesions, minimum area 1 mm², Δz = real slice spacing);
 6. beside it, a research estimate of the blur-free score (:mod:`.restoration`, value ``agatston_restored``),
@@ -38,7 +40,7 @@ from medhub.models.cac.heart import HeartResult, heart_region, segment_heart
 from medhub.models.cac.lesions import (
     drop_lung_contact,
     drop_noise_like,
-    half_maximum_footprint,
+    scored_footprint,
     segment_calcium,
     soft_tissue_noise,
 )
@@ -107,8 +109,8 @@ class CAC(FolderModel):
         findings: dict[str, float] = {}
         candidate_rows: list[dict] | None = None
         if self.lesion_method == "network":
-            lesions = half_maximum_footprint(hu, segment_calcium(hu, spacing, region & ~metal_mask, self.weights_path,
-                                                              heart_mask=heart.mask, soft_tissue_hu=tissue_hu))
+            lesions = scored_footprint(hu, segment_calcium(hu, spacing, region & ~metal_mask, self.weights_path,
+                                                        heart_mask=heart.mask, soft_tissue_hu=tissue_hu), spacing)
             lesions, dropped = drop_lung_contact(hu, lesions, spacing)
             lesions, noise_like = drop_noise_like(hu, lesions, spacing, tissue_hu, noise_sd)
             dropped += noise_like
@@ -209,8 +211,8 @@ CANDIDATE_COLUMNS = (
 
 @dataclass
 class JudgedCandidates:
-    """The candidate path's result: ``coronary`` (int32 candidate ids on the scan's grid, where counted: cut at
-    half-maximum, past the lung and noise rules), the non-coronary findings by kind (bool masks, cut the same way),
+    """The candidate path's result: ``coronary`` (int32 candidate ids on the scan's grid, where counted: the
+    scored footprint, past the lung and noise rules), the non-coronary findings by kind (bool masks, cut the same way),
     the records of lesions the rules dropped, and one row per candidate (:data:`CANDIDATE_COLUMNS`, without the
     LPS centroid and the Agatston score, which the caller adds)."""
 
@@ -227,15 +229,16 @@ FINDING_KINDS = ("aortic", "valve")
 def judge_candidates(hu: np.ndarray, spacing: tuple[float, float, float], scan: ScanContext,
                      classifier_path: Path) -> JudgedCandidates:
     """Every calcium candidate of the scan (:func:`~.candidates.find_candidates`), judged by the classifier
-    (:mod:`.classifier`); the accepted ones are cut at their half-maximum and pass the lung and noise rules."""
+    (:mod:`.classifier`); the accepted ones keep their scored footprint (:func:`.lesions.scored_footprint`) and pass
+    the lung and noise rules."""
     candidates = scan.candidates(hu, spacing)
     decisions = cached_classifier(classifier_path).predict(candidates.table)
     accepted = decisions["accepted"].to_numpy(bool) if len(decisions) else np.zeros(0, bool)
-    footprint = half_maximum_footprint(hu, candidates.mask(accepted))
+    footprint = scored_footprint(hu, candidates.mask(accepted), spacing)
     after_lung, dropped = drop_lung_contact(hu, footprint, spacing)
     counted, noise_like = drop_noise_like(hu, after_lung, spacing, scan.soft_tissue_hu, scan.noise_sd)
-    non_coronary = {kind: half_maximum_footprint(hu, candidates.mask(
-        (~accepted) & (decisions["kind"].to_numpy() == kind))) if len(decisions) else np.zeros(hu.shape, bool)
+    non_coronary = {kind: scored_footprint(hu, candidates.mask(
+        (~accepted) & (decisions["kind"].to_numpy() == kind)), spacing) if len(decisions) else np.zeros(hu.shape, bool)
         for kind in FINDING_KINDS}
     # counted voxels by candidate id; the half-maximum cut may take in a voxel next to its candidate
     ids = np.zeros(hu.shape, np.int32)
