@@ -16,6 +16,7 @@ from medhub.io.volume import Volume
 from medhub.models.cac.lesions import (
     drop_lung_contact,
     drop_noise_like,
+    footprint_rule,
     half_maximum_footprint,
     scored_footprint,
     soft_tissue_noise,
@@ -68,6 +69,7 @@ def test_real_lidc_scores(case: str, categories: set[str]) -> None:
         found = prediction.labels == 2
         assert found.any() and (found & ref).sum() == found.sum()  # every voxel it scores is DeepCAC calcium
     assert not prediction.extra["metal"]  # cortical bone is not taken for a stent
+    assert prediction.extra["lesion_footprint"] == "threshold"  # 3 mm pixels: no half-maximum cut
     # 3 mm voxels lie outside what the restoration was trained on: it says so instead of extrapolating
     assert "agatston_restored" not in prediction.values
     assert any(w.startswith("restored Agatston (research estimate) not computed: pixel spacing 3.00 mm outside")
@@ -272,6 +274,7 @@ def test_scored_footprint_cuts_on_fine_grids_and_keeps_every_130_hu_voxel_on_coa
     assert np.array_equal(fine, half_maximum_footprint(image, above)) and fine.sum() < above.sum()
     # DeepCAC's 3 mm grid: its reference masks hold every >= 130 HU voxel of a lesion, so nothing is cut
     assert np.array_equal(scored_footprint(image, above, (3.0, 3.0, 3.0)), above)
+    assert footprint_rule((1.0, 0.7, 0.7)) == "half-maximum" and footprint_rule((3.0, 3.0, 3.0)) == "threshold"
     assert not scored_footprint(image, np.ones_like(above), (3.0, 3.0, 3.0))[~above].any()
 
 

@@ -338,9 +338,16 @@ def scored_footprint(hu: np.ndarray, lesions: np.ndarray, spacing_mm: Sequence[f
     """The voxels of ``lesions`` (bool, on the grid of ``hu``) that are scored: cut at their half-maximum
     (:func:`half_maximum_footprint`) when the in-plane pixel is at most :data:`HALF_MAXIMUM_MAX_PIXEL_MM`, otherwise
     every ``>= min_hu`` voxel. ``spacing_mm`` is (slice, row, column)."""
-    if math.sqrt(float(spacing_mm[1]) * float(spacing_mm[2])) <= HALF_MAXIMUM_MAX_PIXEL_MM:
+    if footprint_rule(spacing_mm) == "half-maximum":
         return half_maximum_footprint(hu, lesions, min_hu)
     return np.asarray(lesions, bool) & (np.asarray(hu) >= min_hu)
+
+
+def footprint_rule(spacing_mm: Sequence[float]) -> str:
+    """How :func:`scored_footprint` treats lesions on a grid of ``spacing_mm`` (slice, row, column; mm):
+    ``"half-maximum"`` (cut) or ``"threshold"`` (every ``>= 130 HU`` voxel), for the run's record."""
+    pixel_mm = math.sqrt(float(spacing_mm[1]) * float(spacing_mm[2]))
+    return "half-maximum" if pixel_mm <= HALF_MAXIMUM_MAX_PIXEL_MM else "threshold"
 
 
 def _drop_lesions(hu: np.ndarray, lesions: np.ndarray, pad: Sequence[int],

@@ -40,6 +40,7 @@ from medhub.models.cac.heart import HeartResult, heart_region, segment_heart
 from medhub.models.cac.lesions import (
     drop_lung_contact,
     drop_noise_like,
+    footprint_rule,
     scored_footprint,
     segment_calcium,
     soft_tissue_noise,
@@ -157,7 +158,8 @@ class CAC(FolderModel):
             table = Table(CANDIDATE_COLUMNS, [{**row, **lps_centroid(row, volume.affine)} for row in candidate_rows])
         return Prediction(
             labels=labels, values=values, warnings=warnings,
-            extra={"index_order": INDEX_ORDER, "score": score.to_dict(), "metal": metal, "dropped_lesions": dropped,
+            extra={"index_order": INDEX_ORDER, "score": score.to_dict(), "lesion_footprint": footprint_rule(spacing),
+                   "metal": metal, "dropped_lesions": dropped,
                    "heart": {"coverage": heart.coverage, "blood_pool_hu": heart.blood_pool_hu,
                              "soft_tissue_hu": round(tissue_hu, 1) if np.isfinite(tissue_hu) else None,
                              "noise_sd_hu": round(noise_sd, 1) if np.isfinite(noise_sd) else None,
