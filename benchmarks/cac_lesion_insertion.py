@@ -24,8 +24,10 @@ invisible at 3 mm and counted apart. Detected: the model's calcium covers at lea
 Per scan, the reference is the sum of the ceilings plus the case's own calcium scored on DeepCAC's calcium mask
 (0 on 0187; 108 on 0987 at 3 mm). The peer is the naive method the issue warns about, every voxel >= 130 HU in
 DeepCAC's heart mask dilated by 5 mm; the ratio printed is the share of scans within ±10 %/±5 of the reference,
-medhub over naive. Detection is also broken down by the site's depth in the heart mask (mm from its edge): the
-deepest epicardial fat lies at the heart's base, round the aortic root and in the atrioventricular grooves.
+medhub over naive; the share within a factor of 1.5 (the issue's test on the held-back real cases) and of right
+risk categories are printed too, and the per-trial scores go to ``<csv>_scans.csv``. Detection is also broken down
+by the site's depth in the heart mask (mm from its edge): the deepest epicardial fat lies at the heart's base, round
+the aortic root and in the atrioventricular grooves.
 
 ``--phantoms N`` runs the same insertion on N validation phantoms as well (seeds 5,000 on, without coronary
 plaques, stent or contrast; resampled to 3 mm as ``cac_phantoms.py --grid-mm 3`` does, the phantom's heart standing
@@ -48,7 +50,7 @@ import numpy as np
 from cac_phantoms import VALIDATION_FIRST_SEED, trial_model, within_tolerance  # this script runs beside it
 from scipy import ndimage as ndi
 
-from medhub.cac.scoring import ScoringConvention, score_calcium
+from medhub.cac.scoring import ScoringConvention, risk_category, score_calcium
 from medhub.io.nifti import read_volume, resample_isotropic
 from medhub.io.records import write_csv
 from medhub.io.volume import Volume
@@ -169,6 +171,17 @@ def run_trials(case: str, volume: Volume, labels: np.ndarray, trials: int, model
     return plaque_rows, scan_rows
 
 
+#: The issue's agreement with a real case's 3 mm reference: within this factor either way (0 only for 0).
+FACTOR = 1.5
+
+
+def within_factor(value: float, reference: float, factor: float = FACTOR) -> bool:
+    """Whether ``value`` is within ``factor`` of ``reference`` either way; a reference of 0 needs exactly 0."""
+    if reference <= 0:
+        return value == 0
+    return reference / factor <= value <= reference * factor
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--trials", type=int, default=30, help="trials per case (three plaques each)")
@@ -202,6 +215,7 @@ def main() -> None:
                                       trial_model(args.method, args.weights, None), rng,
                                       not args.no_vessel, args.large)[0]
     write_csv(args.csv, plaques + phantom_plaques)
+    write_csv(args.csv.with_name(f"{args.csv.stem}_scans.csv"), scans)
     visible = [r for r in plaques if r["visible"]]
     print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
           f"{len(plaques)} plaques in {len(scans)} trials on LIDC {', '.join(CASES)} (seed {args.seed})")
@@ -247,6 +261,11 @@ def main() -> None:
     print(f"precision of \"coronary\" (lesions on an inserted plaque or the case's own calcium): "
           f"{(lesions - false) / max(lesions, 1):.1%} ({lesions - false}/{lesions}); trials with false calcium: "
           f"{sum(r['false_agatston_elsewhere'] > 0 for r in scans)}/{len(scans)}")
+    for key, name in (("agatston", "medhub"), ("naive_agatston", "naive")):
+        factor = sum(within_factor(r[key], r["reference"]) for r in scans)
+        category = sum(risk_category(r[key]) == risk_category(r["reference"]) for r in scans)
+        print(f"{name}: scans within a factor of {FACTOR:g} of the reference {factor}/{len(scans)}, risk category "
+              f"right {category}/{len(scans)}")
     ratio = f"{ours / naive:.2f}×" if naive else "unbounded (naive has none within tolerance)"
     print(f"ratio (medhub / naive) of scans within tolerance: {ratio}")
     print(f"median seconds per scan (model): {np.median([r['seconds'] for r in scans]):.2f}")
