@@ -37,6 +37,7 @@ from torch import nn
 
 from medhub.errors import InputError
 from medhub.face.data import CropCache, augment, read_labelled_table, to_tensor
+from medhub.hub.export import MAIN_WEIGHTS, member_weights
 from medhub.io.files import sidecar_path, write_text_atomic
 from medhub.learn.trainer import Trainer, TrainingConfig
 from medhub.learn.unet3d import PooledHead
@@ -45,8 +46,6 @@ from medhub.learn.vit2d import ViT2DConfig, ViTEncoder, vit_preset
 PhotoTaskName = Literal["face-age", "survival"]
 PHOTO_TASKS: tuple[str, ...] = ("face-age", "survival")
 AGE_SCALE = 100.0  # years per network unit: the regression target is age / 100
-#: A run's (or an ensemble's first network's) weights file; the sidecar is ``checkpoint.json`` beside it.
-MAIN_WEIGHTS = "checkpoint.safetensors"
 
 
 class FaceNet(nn.Module):
@@ -378,11 +377,6 @@ def _held_out_groups(sidecar: dict[str, Any], images: list[str]) -> dict[str, np
     except (InputError, KeyError):
         return {}
     return {name: rows[name].to_numpy() for name in names if name in rows}
-
-
-def member_weights(sidecar: dict[str, Any]) -> list[str]:
-    """The weights files of a run's networks: ``checkpoint.safetensors``, then any ensemble members'."""
-    return [member["weights"] for member in sidecar.get("members") or [{"weights": MAIN_WEIGHTS}]]
 
 
 def load_face_net(folder: str | Path) -> tuple[nn.Module, dict[str, Any]]:

@@ -105,20 +105,25 @@ class FacePhotoModel(FolderModel):
         return Prediction(values=values, columns=columns, images=images, extra=extra, warnings=warnings)
 
 
+def describe_networks(sidecar: Mapping[str, Any]) -> str:
+    """The network of a photo run in words, or "the mean of N copies of ..." for an ensemble's sidecar."""
+    from medhub.learn.vit2d import ViT2DConfig
+
+    backbone = ViT2DConfig.from_dict(sidecar["network"]).describe()
+    members = len(sidecar.get("members") or ())
+    return backbone if members <= 1 else f"the mean of {members} copies of {backbone}"
+
+
 def export_face_model(finetuned: str | Path, output: str | Path, *, model_id: str, version: str = "0.1.0",
                       name: str | None = None, trained_on: str | None = None, card: Mapping[str, Any] | None = None,
                       license: str = "Apache-2.0") -> ModelCard:
     """A photo finetuning run (``medhub finetune --task face-age|survival``) as a hub model folder; ``card``
     overrides any card field. Returns the card."""
-    from medhub.learn.vit2d import ViT2DConfig
-
     sidecar = read_finetuned_sidecar(finetuned)
     task = sidecar["task"]
     template = FACE_OUTPUTS[task]
     network = sidecar["network"]
-    backbone = ViT2DConfig.from_dict(network).describe()
-    if len(sidecar.get("members") or ()) > 1:
-        backbone = f"the mean of {len(sidecar['members'])} copies of {backbone}"
+    backbone = describe_networks(sidecar)
     pretrained = sidecar.get("pretrained")
     origin = (f"finetuned from a {pretrained.get('arch')} {pretrained.get('objective')} pretraining checkpoint"
               if pretrained else "trained from random weights")

@@ -20,13 +20,21 @@ from medhub.errors import InputError
 from medhub.hub.card import ModelCard, sha256_file
 
 FINETUNED_KIND = "medhub-finetuning"
+#: A finetuning run's weights file (an ensemble's first network); the sidecar ``checkpoint.json`` sits beside it.
+MAIN_WEIGHTS = "checkpoint.safetensors"
+
+
+def member_weights(sidecar: dict[str, Any]) -> list[str]:
+    """The weights files of a run's networks: :data:`MAIN_WEIGHTS`, then those of any further ensemble members
+    (``members`` of the sidecar, :func:`medhub.face.finetuning.combine_face_runs`)."""
+    return [member["weights"] for member in sidecar.get("members") or [{"weights": MAIN_WEIGHTS}]]
 
 
 def read_finetuned_sidecar(finetuned: str | Path) -> dict[str, Any]:
     """The sidecar of a ``medhub finetune`` output folder; an error naming the folder when it is not one."""
     finetuned = Path(finetuned)
     sidecar = finetuned / "checkpoint.json"
-    if not sidecar.is_file() or not (finetuned / "checkpoint.safetensors").is_file():
+    if not sidecar.is_file() or not (finetuned / MAIN_WEIGHTS).is_file():
         raise InputError(finetuned, "not a `medhub finetune` output (no checkpoint.safetensors / .json)",
                          code="no-input")
     return json.loads(sidecar.read_text())
@@ -58,17 +66,16 @@ def package_model(finetuned: str | Path, output: str | Path, card: dict[str, Any
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=output))
     try:
         (staging / "weights").mkdir()
-        # an ensemble's further networks (medhub.face.finetuning.combine_face_runs) sit beside the checkpoint
-        members = [m["weights"] for m in sidecar.get("members") or () if m["weights"] != "checkpoint.safetensors"]
-        for file in ("checkpoint.safetensors", *members):
+        networks = member_weights(sidecar)
+        for file in networks:
             shutil.copy2(finetuned / file, staging / "weights" / file)
         # the per-step loss history stays with the training run; the model keeps its settings and final loss
         history = sidecar.pop("loss_history", None) or [None]
         sidecar["final_loss"] = history[-1]
         (staging / "weights" / "checkpoint.json").write_text(json.dumps(sidecar, indent=1) + "\n")
         weights = []
-        for file, purpose in (("checkpoint.safetensors", "network weights"),
-                              *((m, "network weights of an ensemble member") for m in members),
+        for file, purpose in ((networks[0], "network weights"),
+                              *((m, "network weights of an ensemble member") for m in networks[1:]),
                               ("checkpoint.json", "network, task and preprocessing settings")):
             weights.append({"file": f"weights/{file}", "sha256": sha256_file(staging / "weights" / file),
                             "size_bytes": (staging / "weights" / file).stat().st_size, "license": license,

@@ -8,7 +8,7 @@ from typing import Any
 
 from torch import nn
 
-from medhub.errors import InputError
+from medhub.errors import InputError, MedhubError
 from medhub.io.files import sidecar_path
 
 
@@ -18,7 +18,6 @@ def resolve_checkpoint(checkpoint: str | Path) -> Path:
     path = Path(checkpoint)
     if path.is_file():
         return path
-    from medhub.errors import MedhubError
     from medhub.hub.registry import get_model
 
     try:

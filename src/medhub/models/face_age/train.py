@@ -34,7 +34,7 @@ VERSION = "0.6.0"
 def _quantized_copy(run: Path, target: Path) -> Path:
     from safetensors.torch import load_file, save_file
 
-    from medhub.face.finetuning import member_weights
+    from medhub.hub.export import member_weights
     from medhub.learn.checkpoints import quantize_int8
 
     target.mkdir(parents=True, exist_ok=True)
@@ -89,18 +89,16 @@ def main() -> None:
     held = (f"MAE {overall['mae']:.2f} years [95 % CI {overall['mae_low']:.2f}, {overall['mae_high']:.2f}] on "
             f"{overall['n']} held-out UTKFace photos; adults 20+: {adults['mae']:.2f} [{adults['mae_low']:.2f}, "
             f"{adults['mae_high']:.2f}] (n {adults['n']}); by decade, race and sex in README.md")
-    from medhub.face.hub import export_face_model
-    from medhub.learn.vit2d import ViT2DConfig
+    from medhub.face.hub import describe_networks, export_face_model
 
-    network = ViT2DConfig.from_dict(sidecar["network"])
-    backbone, size = network.describe(), network.image_size
+    size = int(sidecar["network"]["image_size"])
     start = ("pretrained as a masked autoencoder on the same photos and finetuned" if sidecar.get("pretrained")
              else "trained from random weights")
     power = sidecar["finetune"].get("balance_power", 1.0)
     balanced = "age-balanced" if power == 1.0 else f"age-balanced with the weights raised to {power:g}"
     members = sidecar.get("members") or [sidecar]
-    networks = backbone if len(members) == 1 else f"the mean of {len(members)} copies of {backbone}"
     stage1 = " and ".join(f"{m['finetune']['steps']:,}" for m in members)
+    networks = describe_networks(sidecar)
     card = export_face_model(
         _quantized_copy(run, args.work / "age-int8"), FOLDER, model_id="face-age", version=VERSION,
         name="FaceAge",
