@@ -5,9 +5,9 @@
 The held-out list (``benchmarks/face_age_heldout.csv``: 15 % of UTKFace, stratified by age decade, never trained
 on; written by ``python -m medhub.models.face_age.train``) is read from ``../shared/data/utkface``. Each photo goes
 through the model's own face detection and crop; photos where no face is found are counted. Prints the MAE with a
-bootstrap 95 % CI overall, for adults (20+), by decade, by race and by sex, and the ratio of our adult MAE to
-FaceAge's published 6.89 years (on a different, older set of 1,002 held-back UTKFace adults: a reference point, not
-a paired comparison).
+bootstrap 95 % CI overall, for adults (20+), by decade, by race and by sex (all ages, and adults), and the ratio of
+our adult MAE to FaceAge's published 6.89 years (on a different, older set of 1,002 held-back UTKFace adults: a
+reference point, not a paired comparison).
 """
 
 from __future__ import annotations
@@ -47,15 +47,21 @@ def main() -> None:
     seconds = time.perf_counter() - start
     ok = np.isfinite(predicted)
     frame = held[ok]
-    result = evaluate_age(frame["age"].to_numpy(float), predicted[ok],
-                          {"race": frame["race"].map(RACES).to_numpy(), "sex": frame["gender"].map(
-                              {0: "male", 1: "female"}).to_numpy()})
+    groups = {"race": frame["race"].map(RACES).to_numpy(),
+              "sex": frame["gender"].map({0: "male", 1: "female"}).to_numpy()}
+    ages = frame["age"].to_numpy(float)
+    result = evaluate_age(ages, predicted[ok], groups)
+    # the model is for adults (its last stage learnt from 20+ only), so its groups are shown for adults too
+    adult = ages >= 20
+    adults = evaluate_age(ages[adult], predicted[ok][adult], {k: v[adult] for k, v in groups.items()})
     print(f"face-age {model.card.version} on {ok.sum()} of {len(held)} held-out UTKFace photos ({len(failed)} no "
           f"face); {seconds / len(held) * 1000:.0f} ms per photo; {platform.processor() or platform.machine()}")
     rows = [{"group": "overall", **result["overall"]}, {"group": "adults 20+", **result["adults_20_plus"]},
             {"group": "adults 40+", **result["adults_40_plus"]}]
     for key in ("by_decade", "by_race", "by_sex"):
         rows += [{"group": f"{key[3:]} {k}", **v} for k, v in result[key].items()]
+    for key in ("by_race", "by_sex"):
+        rows += [{"group": f"adults 20+, {key[3:]} {k}", **v} for k, v in adults[key].items()]
     table = pd.DataFrame(rows)[["group", "n", "mae", "mae_low", "mae_high", "bias"]]
     print(table.to_markdown(index=False, floatfmt=".2f"))
     print(f"Pearson r {result['pearson_r']:.3f}; MAE / FaceAge's 6.89: adults 20+ "

@@ -227,3 +227,42 @@ def test_age_balancing_draws_every_bin_equally_and_softens_with_the_power():
     assert np.allclose([full[bins == b].sum() for b in np.unique(bins)], 1.0)  # every bin drawn equally often
     assert np.allclose(age_balancing_weights(ages, 5.0, power=0.0), 1.0)  # as the photos occur
     assert np.allclose(age_balancing_weights(ages, 5.0, power=0.5), 1 / np.sqrt([3, 3, 3, 3, 3, 3, 2, 2, 1]))
+    adults = age_balancing_weights(ages, 5.0, min_age=20)
+    assert np.all(adults[ages < 20] == 0) and np.allclose(adults[ages >= 20], full[ages >= 20])
+
+
+def test_an_adults_only_stage_2_warns_on_young_readings_and_resume_runs_only_the_missing_steps(photos, pretrained,
+                                                                                            tmp_path):
+    run = tmp_path / "run"
+    options = ["finetune", "--task", "face-age", "--data", str(photos), "--checkpoint", str(pretrained), "-o",
+               str(run), "--steps", "8", "--batch-size", "8", "--no-detect", "--balance-min-age", "70"]
+    done = run_cli(*options, "--stage2-steps", "4")
+    assert done.returncode == 0, done.stderr
+    stage1_weights = (run / "stage1" / "checkpoint.safetensors").read_bytes()
+    done = run_cli(*options, "--stage2-steps", "6", "--resume")
+    assert done.returncode == 0, done.stderr
+    # stage 1 was finished, so it is not run again; stage 2 goes on from its step 4
+    assert len(pd.read_csv(run / "stage1" / "log.csv")) == 8
+    assert (run / "stage1" / "checkpoint.safetensors").read_bytes() == stage1_weights
+    assert pd.read_csv(run / "log.csv")["step"].tolist() == [1, 2, 3, 4, 5, 6]
+    assert json.loads((run / "checkpoint.json").read_text())["finetune"]["balance_min_age"] == 70
+
+    model = tmp_path / "model"
+    assert run_cli("export-model", str(run), "--id", "adult-age", "-o", str(model)).returncode == 0
+    out = tmp_path / "out"
+    done = run_cli("run", str(model), "-i", str(photos.parent / "images"), "-o", str(out))
+    assert done.returncode == 0, done.stderr
+    warned = []
+    for case in sorted(out.glob("photo_*"))[:8]:
+        record = json.loads((case / "results.json").read_text())["case"]
+        warned.append(any("learnt from adults of 70+ only" in w for w in record["warnings"]))
+        assert warned[-1] == (record["values"]["face_age_years"] < 75)
+    assert any(warned)  # a network this short reads most photos younger than 75
+
+
+def test_an_adults_only_stage_2_without_adults_is_a_clear_error(photos, pretrained, tmp_path):
+    done = run_cli("finetune", "--task", "face-age", "--data", str(photos), "--checkpoint", str(pretrained), "-o",
+                   str(tmp_path / "run"), "--steps", "2", "--stage2-steps", "2", "--batch-size", "8", "--no-detect",
+                   "--balance-min-age", "150")
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert "150" in done.stderr and "no training photo" in done.stderr

@@ -91,6 +91,8 @@ class PhotoFinetuneConfig:
     warmup_steps: int = 100
     balance_bin: float = 5.0
     balance_power: float = 1.0
+    #: Stage 2 draws only photos of this age (years) or older: FaceAge is for adults.
+    balance_min_age: float = 0.0
     events_share: float = 0.25
     holdout: float = 0.15
     dropout: float = 0.1
@@ -137,12 +139,14 @@ class PhotoBatches:
         return batch
 
 
-def age_balancing_weights(ages: np.ndarray, bin_years: float, power: float = 1.0) -> np.ndarray:
+def age_balancing_weights(ages: np.ndarray, bin_years: float, power: float = 1.0, min_age: float = 0.0
+                          ) -> np.ndarray:
     """Per photo, 1 / (photos in its ``bin_years`` age bin) ** ``power``: with power 1 every bin is drawn equally
-    often, with 0 as often as it occurs."""
-    bins = np.floor(np.asarray(ages, float) / bin_years).astype(int)
+    often, with 0 as often as it occurs; photos younger than ``min_age`` (years) weigh 0."""
+    ages = np.asarray(ages, float)
+    bins = np.floor(ages / bin_years).astype(int)
     _, inverse, counts = np.unique(bins, return_inverse=True, return_counts=True)
-    return 1.0 / counts[inverse].astype(float) ** power
+    return np.where(ages >= min_age, 1.0 / counts[inverse].astype(float) ** power, 0.0)
 
 
 def split_holdout(strata: np.ndarray, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -205,9 +209,11 @@ def finetune_photos(table: str | Path, output: str | Path, *, checkpoint: str | 
                     config: PhotoFinetuneConfig | None = None, images: str | Path | None = None,
                     image_column: str | None = None, age_column: str = "age", time_column: str = "time",
                     event_column: str = "event", report_by: tuple[str, ...] = (), crop_policy: Any = "default",
-                    cache: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
+                    cache: str | Path | None = None, resume: bool = False, progress: bool = True) -> dict[str, Any]:
     """Finetune a face model on ``table`` into ``output`` (checkpoint, sidecar, ``evaluation.json``,
-    ``evaluation.csv``); return the sidecar with the held-out evaluation."""
+    ``evaluation.csv``); return the sidecar with the held-out evaluation. ``resume`` continues each stage from
+    its checkpoint in ``output`` (stage 1's in ``output/stage1``) where there is one: a finished stage is not
+    run again."""
     from medhub.face.detect import CropPolicy
     from medhub.io import records
     from medhub.learn.checkpoints import load_pretrained
@@ -255,6 +261,10 @@ def finetune_photos(table: str | Path, output: str | Path, *, checkpoint: str | 
     if checkpoint is not None and not config.from_scratch:
         load_pretrained(net, checkpoint)
     train_targets = {k: v[train] for k, v in targets.items()}
+    if config.task == "face-age" and config.stage2_steps > 0 and not (train_targets["age"] >= config.balance_min_age
+                                                                       ).any():
+        raise InputError(table, f"no training photo is {config.balance_min_age:g} years or older, so stage 2 "
+                                "(--balance-min-age) has nothing to draw", code="bad-option")
 
     def step(model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         out = model(batch["x"])
@@ -280,16 +290,16 @@ def finetune_photos(table: str | Path, output: str | Path, *, checkpoint: str | 
                            events=train_targets.get("event"), events_share=config.events_share)
     two_stage = config.task == "face-age" and config.stage2_steps > 0
     history = Trainer(net, step, output / "stage1" if two_stage else output, config=stage1,
-                      metadata={**metadata, "stage": 1}, progress=progress).fit(sampler)
+                      metadata={**metadata, "stage": 1}, progress=progress).fit(sampler, resume=resume)
     if two_stage:
         stage2 = TrainingConfig(steps=config.stage2_steps, lr=config.stage2_lr, min_lr=config.stage2_lr / 20,
                                 warmup_steps=min(config.warmup_steps, config.stage2_steps // 10),
                                 checkpoint_every=config.stage2_steps, seed=config.seed + 1)
         balanced = PhotoBatches(crops.crops[train], train_targets, config.batch_size, config.seed + 1,
                                 weights=age_balancing_weights(train_targets["age"], config.balance_bin,
-                                                              config.balance_power))
+                                                              config.balance_power, config.balance_min_age))
         history = history + Trainer(net, step, output, config=stage2, metadata={**metadata, "stage": 2},
-                                    progress=progress).fit(balanced)
+                                    progress=progress).fit(balanced, resume=resume)
 
     predicted = predict_crops(net, crops.crops[holdout])
     held = frame.iloc[holdout]

@@ -38,6 +38,10 @@ FACE_OUTPUTS: dict[str, dict[str, Any]] = {
 }
 
 
+#: A face-age reading under the youngest age of its adults-only stage 2 plus this margin (years) gets a warning.
+YOUNG_MARGIN_YEARS = 5.0
+
+
 def crop_policy_from(record: Mapping[str, Any] | None) -> Any | None:
     """The :class:`~medhub.face.detect.CropPolicy` a checkpoint stored (``None``: photos are crops already)."""
     if record is None:
@@ -102,6 +106,10 @@ class FacePhotoModel(FolderModel):
         extra = {"crop": record.to_dict() if record is not None else {"cropped": "as given"}, "crop_size": size}
         warnings = [f"{record.faces_found} faces found; the {policy.choose} one was used"] \
             if record is not None and record.faces_found > 1 else []
+        adults_from = float(sidecar.get("finetune", {}).get("balance_min_age", 0.0))
+        if sidecar["task"] == "face-age" and adults_from and values[name] < adults_from + YOUNG_MARGIN_YEARS:
+            warnings.append(f"read as {values[name]:.0f}: this network's last stage learnt from adults of "
+                            f"{adults_from:g}+ only, so a younger face is read too old")
         return Prediction(values=values, columns=columns, images=images, extra=extra, warnings=warnings)
 
 

@@ -101,6 +101,12 @@ def finetune_command(
     images: Annotated[Path | None, typer.Option(help="Photo tasks: the folder relative photo paths start from "
                                                 "(default: the table's folder or its images/).")] = None,
     stage2_steps: Annotated[int, typer.Option(help="face-age: steps of stage 2 (age-balanced resampling).")] = 600,
+    stage2_lr: Annotated[float, typer.Option(help="face-age: peak learning rate of stage 2.")] = 1e-4,
+    balance_power: Annotated[float, typer.Option(help="face-age: stage 2 draws a photo with weight 1 / (photos in "
+                                                 "its 5-year bin) ** POWER; 1 fully balanced, 0 as they occur.")
+                             ] = 1.0,
+    balance_min_age: Annotated[float, typer.Option(help="face-age: stage 2 draws only photos of this age (years) "
+                                                   "or older, for a model of adults.")] = 0.0,
     age_column: Annotated[str, typer.Option(help="face-age: the age column (years).")] = "age",
     time_column: Annotated[str, typer.Option(help="survival: the follow-up time column.")] = "time",
     event_column: Annotated[str, typer.Option(help="survival: the event column (1 event, 0 censored).")] = "event",
@@ -109,6 +115,8 @@ def finetune_command(
     holdout: Annotated[float, typer.Option(help="Photo tasks: share of photos held out for evaluation.")] = 0.15,
     no_detect: Annotated[bool, typer.Option("--no-detect", help="Photo tasks: the photos are face crops already.")
                          ] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Photo tasks: continue each stage from its checkpoint in "
+                                         "OUTPUT; a finished stage is not run again.")] = False,
 ) -> None:
     """Finetune a pretrained backbone: K labelled brain sessions (classification, regression, segmentation), or a
     table of face photos (face-age in two stages, survival with a Cox loss)."""
@@ -124,13 +132,14 @@ def finetune_command(
         from medhub.face.finetuning import PhotoFinetuneConfig, finetune_photos
 
         photo_config = PhotoFinetuneConfig(task=task, arch=arch, batch_size=batch_size or 64, steps=steps or 2000,
-                                           stage2_steps=stage2_steps, lr=lr or 5e-4, holdout=holdout, seed=seed,
-                                           from_scratch=from_scratch)
+                                           stage2_steps=stage2_steps, lr=lr or 5e-4, stage2_lr=stage2_lr,
+                                           balance_power=balance_power, balance_min_age=balance_min_age,
+                                           holdout=holdout, seed=seed, from_scratch=from_scratch)
         result = finetune_photos(data, output, checkpoint=None if from_scratch else checkpoint, config=photo_config,
                                  images=images, age_column=age_column, time_column=time_column,
                                  event_column=event_column, report_by=tuple(
                                      c.strip() for c in (report_by or "").split(",") if c.strip()),
-                                 crop_policy=None if no_detect else "default", cache=cache)
+                                 crop_policy=None if no_detect else "default", cache=cache, resume=resume)
         evaluation = result["evaluation"]
         shown = (f"MAE {evaluation['overall']['mae']:.2f} y [{evaluation['overall']['mae_low']:.2f}, "
                  f"{evaluation['overall']['mae_high']:.2f}] on {evaluation['overall']['n']} photos"

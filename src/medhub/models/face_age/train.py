@@ -1,22 +1,26 @@
 """Train and export ``face-age`` on the real UTKFace crops in ``../shared/data/utkface``.
 
     python -m medhub.models.face_age.train [--work /tmp/face] [--arch resnet18] [--pretrain-steps 1000]
-        [--steps 4000 6000] [--stage2-steps 600] [--lr 2e-3] [--stage2-lr 4e-4] [--balance-power 0.5]
-        [--finetuned RUN [RUN ...]]
+        [--steps 4000 6000] [--stage2-steps 600] [--lr 2e-3] [--stage2-lr 4e-4] [--balance-power 1]
+        [--balance-min-age 20] [--resume] [--finetuned RUN [RUN ...]]
 
 1. ``medhub pretrain --modality photo --objective mae`` on every UTKFace photo (labels unused): the ``resnet18``
    backbone of :mod:`medhub.learn.vit2d` (``--arch``), face crops at the preset's size (112 px; 128 for
    ``resnet18_s32``) from OpenCV's Haar detector (margin 0.1, eyes levelled), batch 64, 60 % of the network's
    patches masked. ``--pretrain-steps 0`` skips it (random weights).
 2. ``medhub finetune --task face-age``: 15 % of the photos held out (stratified by age decade, seed 0); stage 1 on
-   the rest drawn uniformly, stage 2 age-balanced (5-year bins) at a fifth of the learning rate; L1 on age / 100.
+   the rest drawn uniformly (all ages: children's faces still teach the network faces), stage 2 on the adults
+   only (``--balance-min-age``; FaceAge is a biomarker of adults), age-balanced (5-year bins) at a fifth of the
+   learning rate; L1 on age / 100.
    One run per ``--steps`` value (stage-1 steps), all from the same pretraining; two or more are combined into one
    ensemble that averages them (:func:`medhub.face.finetuning.combine_face_runs`).
 3. The weights are stored as int8 per output channel (a quarter of the size, under the project's 5 MB limit;
    ``medhub.learn.checkpoints.quantize_int8``) and exported into this folder with ``medhub export-model``;
    then ``python scripts/make_reference.py face-age`` rebuilds the reference.
 
-``--finetuned RUN [RUN ...]`` skips 1-2 and exports existing finetuning runs (combined when more than one).
+``--finetuned RUN [RUN ...]`` skips 1-2 and exports existing finetuning runs (combined when more than one);
+``--resume`` continues every step from the checkpoints already in ``--work`` (a finished stage is not run again:
+face-age 0.7.0 reran stage 2 of 0.6.0's two runs this way).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from pathlib import Path
 
 FOLDER = Path(__file__).resolve().parent
 UTKFACE = FOLDER.parents[3].parent / "shared" / "data" / "utkface"
-VERSION = "0.6.0"
+VERSION = "0.7.0"
 
 
 def _quantized_copy(run: Path, target: Path) -> Path:
@@ -54,7 +58,9 @@ def main() -> None:
     parser.add_argument("--stage2-steps", type=int, default=600)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--stage2-lr", type=float, default=4e-4)
-    parser.add_argument("--balance-power", type=float, default=0.5, help="stage 2: 1 fully age-balanced, 0 not")
+    parser.add_argument("--balance-power", type=float, default=1.0, help="stage 2: 1 fully age-balanced, 0 not")
+    parser.add_argument("--balance-min-age", type=float, default=20.0, help="stage 2: only photos of this age or older")
+    parser.add_argument("--resume", action="store_true", help="continue from the checkpoints in --work")
     parser.add_argument("--finetuned", type=Path, nargs="+", help="existing finetuning runs to export")
     args = parser.parse_args()
     runs = args.finetuned
@@ -68,15 +74,16 @@ def main() -> None:
             checkpoint = pretrain_photos(
                 UTKFACE / "images", args.work / "pretrain", objective="mae", arch=args.arch,
                 config=TrainingConfig(steps=args.pretrain_steps, lr=1e-3, warmup_steps=50),
-                cache=args.work / "cache")["checkpoint"]
+                cache=args.work / "cache", resume=args.resume)["checkpoint"]
         runs = [args.work / f"age-{steps}" for steps in args.steps]
         for run, steps in zip(runs, args.steps, strict=True):
             finetune_photos(UTKFACE / "labels.csv", run, checkpoint=checkpoint,
                             config=PhotoFinetuneConfig(arch=args.arch, steps=steps, stage2_steps=args.stage2_steps,
                                                        lr=args.lr, stage2_lr=args.stage2_lr,
                                                        balance_power=args.balance_power,
+                                                       balance_min_age=args.balance_min_age,
                                                        from_scratch=checkpoint is None),
-                            report_by=("race", "gender"), cache=args.work / "cache")
+                            report_by=("race", "gender"), cache=args.work / "cache", resume=args.resume)
     run = runs[0]
     if len(runs) > 1:
         from medhub.face.finetuning import combine_face_runs
@@ -85,10 +92,11 @@ def main() -> None:
         combine_face_runs(runs, run)
     sidecar = json.loads((run / "checkpoint.json").read_text())
     evaluation = sidecar["evaluation"]
-    overall, adults = evaluation["overall"], evaluation["adults_20_plus"]
-    held = (f"MAE {overall['mae']:.2f} years [95 % CI {overall['mae_low']:.2f}, {overall['mae_high']:.2f}] on "
-            f"{overall['n']} held-out UTKFace photos; adults 20+: {adults['mae']:.2f} [{adults['mae_low']:.2f}, "
-            f"{adults['mae_high']:.2f}] (n {adults['n']}); by decade, race and sex in README.md")
+    overall, adults, older = (evaluation[k] for k in ("overall", "adults_20_plus", "adults_40_plus"))
+    held = (f"MAE on held-out UTKFace adults of 20+: {adults['mae']:.2f} years [95 % CI {adults['mae_low']:.2f}, "
+            f"{adults['mae_high']:.2f}] (n {adults['n']}); 40+: {older['mae']:.2f} [{older['mae_low']:.2f}, "
+            f"{older['mae_high']:.2f}] (n {older['n']}); all {overall['n']} held-out photos, children included: "
+            f"{overall['mae']:.2f}; by decade, race and sex in README.md")
     from medhub.face.hub import describe_networks, export_face_model
 
     size = int(sidecar["network"]["image_size"])
@@ -96,6 +104,9 @@ def main() -> None:
              else "trained from random weights")
     power = sidecar["finetune"].get("balance_power", 1.0)
     balanced = "age-balanced" if power == 1.0 else f"age-balanced with the weights raised to {power:g}"
+    adults_from = sidecar["finetune"].get("balance_min_age", 0.0)
+    if adults_from:
+        balanced += f" on the adults of {adults_from:g}+ only"
     members = sidecar.get("members") or [sidecar]
     stage1 = " and ".join(f"{m['finetune']['steps']:,}" for m in members)
     networks = describe_networks(sidecar)
@@ -110,18 +121,21 @@ def main() -> None:
             "description": (
                 "Finds the face (OpenCV Haar cascade, most certain face, margin 0.1 of the box, eyes levelled), "
                 f"crops it to {size} x {size} and reads the age with {networks}, {start} in two stages (uniform "
-                f"for {stage1} steps, then {balanced}), as FAHR-FaceAge trains. Averages the face and its mirror "
-                "image."),
+                f"over all ages for {stage1} steps, then {balanced}), as FAHR-FaceAge trains. Averages the face "
+                "and its mirror image."),
             "evaluation": held,
             "limitations": (
+                "For adults: its last stage learnt from adults of 20 and over only, so children and teenagers "
+                "are read as adults (MAE about 9 years under 20), and a reading under 25 carries a warning. "
                 "Trained on about 7,200 web photos, mostly young (median 22 years) and mostly frontal: errors "
-                "grow with age (MAE about 9 years at 50-59), adults of 20-39 are read 1-2.5 years older and "
-                "those of 60-69 and 80+ about 4-5 years younger (see the by-decade table in README.md). "
+                "grow with age (MAE about 8 years at 50-69), adults of 20-39 are read 3.5-5 years older and "
+                "those of 60-69 and 80+ 2-4.5 years younger (see the by-decade table in README.md). "
                 "UTKFace's race labels are coarse and imbalanced, and the error differs threefold between them; "
                 "check the by-race table before using it on a population. "
                 "A photo where the detector finds no face fails with no-face. Apparent age is not a health "
                 "measure by itself; this is not the FAHR-FaceAge model and has not been validated on patients."),
-            "intended_use": "Research on face photographs (apparent-age estimation). Not for clinical use.",
+            "intended_use": "Research on face photographs of adults (apparent-age estimation). Not for children. "
+                            "Not for clinical use.",
             "reference": {"input": "reference/input", "expected": "reference/expected",
                           "tolerances": "reference/tolerances.yaml"},
         })
