@@ -261,8 +261,7 @@ def finetune_photos(table: str | Path, output: str | Path, *, checkpoint: str | 
     if checkpoint is not None and not config.from_scratch:
         load_pretrained(net, checkpoint)
     train_targets = {k: v[train] for k, v in targets.items()}
-    if config.task == "face-age" and config.stage2_steps > 0 and not (train_targets["age"] >= config.balance_min_age
-                                                                       ).any():
+    if config.task == "face-age" and config.stage2_steps > 0 and train_targets["age"].max() < config.balance_min_age:
         raise InputError(table, f"no training photo is {config.balance_min_age:g} years or older, so stage 2 "
                                 "(--balance-min-age) has nothing to draw", code="bad-option")
 

@@ -101,12 +101,13 @@ def finetune_command(
     images: Annotated[Path | None, typer.Option(help="Photo tasks: the folder relative photo paths start from "
                                                 "(default: the table's folder or its images/).")] = None,
     stage2_steps: Annotated[int, typer.Option(help="face-age: steps of stage 2 (age-balanced resampling).")] = 600,
-    stage2_lr: Annotated[float, typer.Option(help="face-age: peak learning rate of stage 2.")] = 1e-4,
-    balance_power: Annotated[float, typer.Option(help="face-age: stage 2 draws a photo with weight 1 / (photos in "
-                                                 "its 5-year bin) ** POWER; 1 fully balanced, 0 as they occur.")
-                             ] = 1.0,
-    balance_min_age: Annotated[float, typer.Option(help="face-age: stage 2 draws only photos of this age (years) "
-                                                   "or older, for a model of adults.")] = 0.0,
+    stage2_lr: Annotated[float | None, typer.Option(help="face-age: peak learning rate of stage 2 (default 1e-4).")
+                         ] = None,
+    balance_power: Annotated[float | None, typer.Option(help="face-age: stage 2 draws a photo with weight 1 / "
+                                                        "(photos in its 5-year bin) ** POWER; 1 (the default) "
+                                                        "fully balanced, 0 as they occur.")] = None,
+    balance_min_age: Annotated[float | None, typer.Option(help="face-age: stage 2 draws only photos of this age "
+                                                          "(years) or older, for a model of adults.")] = None,
     age_column: Annotated[str, typer.Option(help="face-age: the age column (years).")] = "age",
     time_column: Annotated[str, typer.Option(help="survival: the follow-up time column.")] = "time",
     event_column: Annotated[str, typer.Option(help="survival: the event column (1 event, 0 censored).")] = "event",
@@ -131,10 +132,11 @@ def finetune_command(
     if task in ("face-age", "survival"):
         from medhub.face.finetuning import PhotoFinetuneConfig, finetune_photos
 
+        stage2 = {"stage2_lr": stage2_lr, "balance_power": balance_power, "balance_min_age": balance_min_age}
         photo_config = PhotoFinetuneConfig(task=task, arch=arch, batch_size=batch_size or 64, steps=steps or 2000,
-                                           stage2_steps=stage2_steps, lr=lr or 5e-4, stage2_lr=stage2_lr,
-                                           balance_power=balance_power, balance_min_age=balance_min_age,
-                                           holdout=holdout, seed=seed, from_scratch=from_scratch)
+                                           stage2_steps=stage2_steps, lr=lr or 5e-4, holdout=holdout, seed=seed,
+                                           from_scratch=from_scratch,
+                                           **{k: v for k, v in stage2.items() if v is not None})
         result = finetune_photos(data, output, checkpoint=None if from_scratch else checkpoint, config=photo_config,
                                  images=images, age_column=age_column, time_column=time_column,
                                  event_column=event_column, report_by=tuple(
