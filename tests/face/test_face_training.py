@@ -266,3 +266,38 @@ def test_an_adults_only_stage_2_without_adults_is_a_clear_error(photos, pretrain
                    "--balance-min-age", "150")
     assert done.returncode != 0 and "Traceback" not in done.stderr
     assert "150" in done.stderr and "no training photo" in done.stderr
+
+
+def test_a_descriptor_head_trains_on_the_crop_networks_split_and_exports_with_them(face_age, photos, tmp_path):
+    head = tmp_path / "head"
+    done = run_cli("finetune", "--task", "face-age", "--descriptor-head", "--data", str(photos), "-o", str(head),
+                   "--steps", "30", "--batch-size", "16", "--no-detect", "--report-by", "group", "--holdout", "0.25")
+    assert done.returncode == 0, done.stderr
+    sidecar = json.loads((head / "checkpoint.json").read_text())
+    assert sidecar["head"]["kind"] == "descriptor" and len(sidecar["head"]["descriptor"]["sha256"]) == 64
+    held = {name: pd.read_csv(run / "evaluation.csv").set_index("image") for name, run in
+            (("networks", face_age), ("head", head))}
+    assert set(held["head"].index) == set(held["networks"].index)  # the same held-out photos
+    assert len(pd.read_csv(head / "log.csv")) == 30
+
+    model = tmp_path / "model"
+    done = run_cli("export-model", str(face_age), str(head), "--id", "age-with-head", "-o", str(model))
+    assert done.returncode == 0, done.stderr
+    exported = json.loads((model / "weights" / "checkpoint.json").read_text())
+    assert exported["descriptor_head"]["share"] == 0.5 and len(exported["members"]) == 1
+    mean = (held["networks"]["predicted_age"] + held["head"].loc[held["networks"].index, "predicted_age"]) / 2
+    assert exported["evaluation"]["overall"]["mae"] == pytest.approx((mean - held["networks"]["age"]).abs().mean())
+    card = (model / "card.yaml").read_text()
+    assert "weights/descriptor-head.safetensors" in card and "face-recognition" in card
+
+    out = tmp_path / "out"
+    done = run_cli("run", str(model), "-i", str(photos.parent / "images" / "photo_0000.png"), "-o", str(out))
+    assert done.returncode == 0, done.stderr
+    case = json.loads((out / "photo_0000" / "results.json").read_text())["case"]
+    parts = case["columns"]
+    assert case["values"]["face_age_years"] == pytest.approx(
+        (parts["age_from_crop_networks"] + parts["age_from_descriptor_head"]) / 2, abs=0.011)
+
+    alone = run_cli("export-model", str(head), "--id", "head-only", "-o", str(tmp_path / "alone"))
+    assert alone.returncode != 0 and "Traceback" not in alone.stderr
+    assert "descriptor head" in alone.stderr and not (tmp_path / "alone" / "card.yaml").exists()

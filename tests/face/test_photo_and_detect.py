@@ -85,7 +85,7 @@ def test_no_face_is_a_per_image_error_naming_the_photo():
     assert error.value.code == "no-face" and str(error.value).startswith("blank.png: no face found")
 
 
-@pytest.mark.parametrize("detector", ["opencv-haar", "skimage-lbp"])
+@pytest.mark.parametrize("detector", ["opencv-haar", "skimage-lbp", "dlib-hog"])
 def test_bundled_detectors_find_real_utkface_chips(shared_data, detector):
     import pandas as pd
 
@@ -93,3 +93,20 @@ def test_bundled_detectors_find_real_utkface_chips(shared_data, detector):
     labels = pd.read_csv(folder / "labels.csv").iloc[::400]
     found = [bool(detect_faces(read_photo(folder / "images" / f), detector, eyes=False)) for f in labels["file"]]
     assert np.mean(found) >= 0.85
+
+
+def test_face_descriptors_match_the_same_face_and_tell_faces_apart(shared_data):
+    """dlib's face-recognition descriptors (what face-age's descriptor head reads): the same face rescaled or
+    mirrored stays within dlib's same-person distance (0.6), two different people do not, and a run repeats."""
+    from medhub.face.descriptors import DESCRIPTOR_SIZE, photo_descriptor
+
+    folder = shared_data / "utkface" / "images"
+    first, second = (read_photo(folder / name) for name in sorted(p.name for p in folder.glob("3*_0_0_*"))[:2])
+    policy = CropPolicy()
+    d = photo_descriptor(first, policy)
+    assert d.shape == (DESCRIPTOR_SIZE,) and d.dtype == np.float32
+    assert np.array_equal(d, photo_descriptor(first, policy))
+    bigger = np.asarray(Image.fromarray(first).resize((300, 300), Image.BICUBIC))
+    for same in (bigger, first[:, ::-1]):
+        assert np.linalg.norm(photo_descriptor(np.ascontiguousarray(same), policy) - d) < 0.6
+    assert np.linalg.norm(photo_descriptor(second, policy) - d) > 0.6

@@ -63,21 +63,34 @@ def network_view(image: np.ndarray, policy: Any | None, size: int, *, where: str
     return crop.image, crop
 
 
+def photo_view(image: np.ndarray, policy: Any | None, size: int, view: str, *, where: str | Path | None = None
+               ) -> np.ndarray:
+    """What a model learns from in one photo: ``view`` ``"crop"``, the network's ``(size, size, 3)`` face crop
+    (:func:`network_view`), or ``"descriptor"``, the face's 128-number descriptor from dlib's face-recognition
+    network (:func:`medhub.face.descriptors.photo_descriptor`; ``size`` unused)."""
+    if view == "descriptor":
+        from medhub.face.descriptors import photo_descriptor
+
+        return photo_descriptor(image, policy, where=where)
+    return network_view(image, policy, size, where=where)[0]
+
+
 @dataclass
 class CropCache:
-    """Face crops of many photos, computed once and kept as ``.npz`` chunks of :data:`CHUNK` photos.
+    """Face crops (or another :func:`photo_view`) of many photos, computed once and kept as ``.npz`` chunks of
+    :data:`CHUNK` photos.
 
-    A chunk's file name is a hash of the crop policy, the size and each photo's path, size and modification
-    time, so a rerun loads what is done and computes only what changed. Photos that fail (unreadable, no face) are
-    recorded with their reason and left out of ``crops``.
+    A chunk's file name is a hash of the view, the crop policy, the size and each photo's path, size and
+    modification time, so a rerun loads what is done and computes only what changed. Photos that fail
+    (unreadable, no face) are recorded with their reason and left out of ``crops``.
     """
 
-    crops: np.ndarray  # (N, size, size, 3) uint8
+    crops: np.ndarray  # (N, size, size, 3) uint8 crops, or (N, 128) float32 descriptors
     paths: list[Path]
     failures: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def build(cls, paths: list[Path], cache: str | Path, *, policy: Any | None, size: int,
+    def build(cls, paths: list[Path], cache: str | Path, *, policy: Any | None, size: int, view: str = "crop",
               progress: bool = True) -> CropCache:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -85,12 +98,15 @@ class CropCache:
 
         cache = Path(cache)
         cache.mkdir(parents=True, exist_ok=True)
-        setting = json.dumps({"policy": None if policy is None else _policy_dict(policy), "size": size},
-                             sort_keys=True)
+        setting = {"policy": None if policy is None else _policy_dict(policy), "size": size}
+        if view != "crop":  # crop caches keep the names they had before descriptors existed
+            setting["view"] = view
+        setting = json.dumps(setting, sort_keys=True)
+        empty = np.zeros((0, size, size, 3), np.uint8) if view == "crop" else np.zeros((0, 128), np.float32)
         crops: list[np.ndarray] = []
         kept: list[Path] = []
         failures: dict[str, str] = {}
-        with Progress(TextColumn("[bold]face crops"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        with Progress(TextColumn(f"[bold]face {view}s"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                       disable=not progress, transient=True) as bar:
             task = bar.add_task("photos", total=len(paths))
             for start in range(0, len(paths), CHUNK):
@@ -104,13 +120,13 @@ class CropCache:
                     arrays, names, failed = [], [], {}
                     for p in chunk:
                         try:
-                            arrays.append(network_view(read_photo(p), policy, size, where=p)[0])
+                            arrays.append(photo_view(read_photo(p), policy, size, view, where=p))
                             names.append(str(p))
                         except MedhubError as e:
                             failed[str(p)] = e.reason
                         bar.advance(task)
                     with atomic_path(target) as tmp, open(tmp, "wb") as handle:
-                        np.savez(handle, crops=np.stack(arrays) if arrays else np.zeros((0, size, size, 3), np.uint8),
+                        np.savez(handle, crops=np.stack(arrays) if arrays else empty,
                                  paths=np.array(names, dtype=str), failures=json.dumps(failed))
                 else:
                     bar.advance(task, len(chunk))
@@ -118,7 +134,7 @@ class CropCache:
                     crops.append(data["crops"])
                     kept += [Path(p) for p in data["paths"]]
                     failures.update(json.loads(str(data["failures"])))
-        stacked = np.concatenate(crops) if crops else np.zeros((0, size, size, 3), np.uint8)
+        stacked = np.concatenate(crops) if crops else empty
         return cls(stacked, kept, failures)
 
 

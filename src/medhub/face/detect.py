@@ -5,8 +5,8 @@ Nothing downloads at run time: each detector's model file is part of an installe
 * ``opencv-haar`` (default): OpenCV's frontal-face Haar cascade (Viola–Jones), shipped in ``opencv-python-headless``
   under ``cv2.data.haarcascades``; OpenCV's eye cascade gives the eye centres for alignment.
 * ``skimage-lbp``: scikit-image's bundled LBP frontal-face cascade (``skimage.data.lbp_frontal_face_cascade_filename``).
-* ``dlib-hog``: dlib's HOG + linear SVM frontal-face detector, built into the ``dlib``/``dlib-bin`` wheel (an
-  optional extra: ``pip install medhub[detectors]``).
+* ``dlib-hog``: dlib's HOG + linear SVM frontal-face detector, built into the ``dlib-bin`` wheel (a core
+  dependency since face-age's descriptor head, :mod:`medhub.face.descriptors`, needs dlib).
 
 ``benchmarks/face_detectors.py`` compares them on the real UTKFace crops; the figures are in
 ``benchmarks/RESULTS.md``.
@@ -260,6 +260,15 @@ class FaceCrop:
         return {"box": self.box.to_dict(), "angle_deg": round(self.angle, 2), "faces_found": self.faces_found}
 
 
+def choose_face(image: np.ndarray, policy: CropPolicy, *, where: str | Path | None = None) -> tuple[FaceBox, int]:
+    """The face ``policy`` picks in ``image`` and how many faces were found; raises :class:`NoFaceError` naming
+    ``where`` when the detector finds none."""
+    faces = detect_faces(image, policy.detector, eyes=policy.align)
+    if not faces:
+        raise NoFaceError(where, f"no face found (detector {policy.detector})")
+    return (max(faces, key=lambda b: b.area) if policy.choose == "largest" else faces[0]), len(faces)
+
+
 def crop_face(image: np.ndarray, policy: CropPolicy | None = None, *, where: str | Path | None = None) -> FaceCrop:
     """The face of ``image`` (``(H, W, 3)`` uint8 RGB) cropped by ``policy``; raises :class:`NoFaceError` naming
     ``where`` when the detector finds none.
@@ -270,10 +279,7 @@ def crop_face(image: np.ndarray, policy: CropPolicy | None = None, *, where: str
     import cv2
 
     policy = policy or CropPolicy()
-    faces = detect_faces(image, policy.detector, eyes=policy.align)
-    if not faces:
-        raise NoFaceError(where, f"no face found (detector {policy.detector})")
-    box = max(faces, key=lambda b: b.area) if policy.choose == "largest" else faces[0]
+    box, found = choose_face(image, policy, where=where)
     angle = 0.0
     if policy.align and box.eyes is not None:
         (lx, ly), (rx, ry) = box.eyes
@@ -296,4 +302,4 @@ def crop_face(image: np.ndarray, policy: CropPolicy | None = None, *, where: str
     affine = rotation.copy()
     if source.shape[:2] != image.shape[:2]:  # the map from photo pixels, not from the shrunk copy
         affine[:, :2] *= source.shape[1] / image.shape[1]
-    return FaceCrop(pixels, box, angle, len(faces), affine)
+    return FaceCrop(pixels, box, angle, found, affine)

