@@ -301,3 +301,7 @@ def test_a_descriptor_head_trains_on_the_crop_networks_split_and_exports_with_th
     alone = run_cli("export-model", str(head), "--id", "head-only", "-o", str(tmp_path / "alone"))
     assert alone.returncode != 0 and "Traceback" not in alone.stderr
     assert "descriptor head" in alone.stderr and not (tmp_path / "alone" / "card.yaml").exists()
+    # These runs took the photos as given crops: there is no detector box to reframe a fallback's onto.
+    done = run_cli("export-model", str(face_age), "--id", "x", "-o", str(tmp_path / "x"), "--fallback-detector",
+                   "dlib-hog")
+    assert done.returncode != 0 and "Traceback" not in done.stderr and "given crops" in done.stderr

@@ -78,11 +78,29 @@ def test_a_tilted_face_is_levelled_by_its_eyes(tilt):
     assert np.sign(crop.angle) == -np.sign(tilt) and 6 < abs(crop.angle) < 18
 
 
+def test_a_fallback_detector_crops_the_face_the_first_one_misses_framed_as_the_first_would(shared_data):
+    from medhub.face.detect import reframe
+
+    # A real UTKFace chip (32-year-old woman) in which OpenCV's cascade finds no face and dlib's HOG detector does.
+    chip = read_photo(shared_data / "utkface" / "images" / "32_1_2_20170109135928794.jpg.chip.jpg")
+    with pytest.raises(NoFaceError):
+        crop_face(chip, CropPolicy(), where="chip.jpg")
+    crop = crop_face(chip, CropPolicy(fallback="dlib-hog"))
+    assert crop.detector == "dlib-hog" and crop.to_dict()["detector"] == "dlib-hog"
+    # Where both find a face, dlib's box reframed lands on the cascade's own.
+    astronaut = data.astronaut()
+    haar, hog = detect_faces(astronaut, "opencv-haar")[0], detect_faces(astronaut, "dlib-hog")[0]
+    assert iou(reframe(hog, "dlib-hog", "opencv-haar"), haar) > max(0.8, iou(hog, haar))
+    assert crop_face(astronaut, CropPolicy(fallback="dlib-hog")).detector == "opencv-haar"  # only a fallback
+
+
 def test_no_face_is_a_per_image_error_naming_the_photo():
     blank = np.full((240, 320, 3), 128, np.uint8)
     with pytest.raises(NoFaceError) as error:
         crop_face(blank, where="blank.png")
     assert error.value.code == "no-face" and str(error.value).startswith("blank.png: no face found")
+    with pytest.raises(NoFaceError, match="opencv-haar or dlib-hog"):
+        crop_face(blank, CropPolicy(fallback="dlib-hog"), where="blank.png")
 
 
 @pytest.mark.parametrize("detector", ["opencv-haar", "skimage-lbp", "dlib-hog"])

@@ -141,7 +141,8 @@ class CropCache:
 def _policy_dict(policy: Any) -> dict[str, Any]:
     from dataclasses import asdict
 
-    return asdict(policy)
+    # without a fallback detector a policy keys the crop cache as it did before fallbacks existed
+    return {k: v for k, v in asdict(policy).items() if not (k == "fallback" and v is None)}
 
 
 def read_labelled_table(table: str | Path, images: str | Path | None = None, *,

@@ -123,7 +123,8 @@ class FacePhotoModel(FolderModel):
             box = record.box
             columns.update({"face_x0": round(box.x0, 1), "face_y0": round(box.y0, 1), "face_x1": round(box.x1, 1),
                             "face_y1": round(box.y1, 1), "face_score": round(float(box.score), 3),
-                            "faces_found": record.faces_found, "rotation_deg": round(record.angle, 2)})
+                            "faces_found": record.faces_found, "rotation_deg": round(record.angle, 2),
+                            "face_detector": record.detector})
         images = {"crop": crop}
         if self.saliency:
             from medhub.face.saliency import overlay, saliency_map
@@ -133,6 +134,9 @@ class FacePhotoModel(FolderModel):
         extra = {"crop": record.to_dict() if record is not None else {"cropped": "as given"}, "crop_size": size}
         warnings = [f"{record.faces_found} faces found; the {policy.choose} one was used"] \
             if record is not None and record.faces_found > 1 else []
+        if record is not None and record.detector != policy.detector:
+            warnings.append(f"{policy.detector} found no face; {record.detector}'s box was used, reframed as "
+                            f"{policy.detector}'s")
         adults_from = float(sidecar.get("finetune", {}).get("balance_min_age", 0.0))
         if sidecar["task"] == "face-age" and adults_from and values[name] < adults_from + YOUNG_MARGIN_YEARS:
             warnings.append(f"read as {values[name]:.0f}: this network's last stage learnt from adults of "
@@ -157,9 +161,10 @@ def describe_networks(sidecar: Mapping[str, Any]) -> str:
 
 def export_face_model(finetuned: str | Path, output: str | Path, *, model_id: str, version: str = "0.1.0",
                       name: str | None = None, trained_on: str | None = None, card: Mapping[str, Any] | None = None,
-                      license: str = "Apache-2.0") -> ModelCard:
+                      license: str = "Apache-2.0", fallback_detector: str | None = None) -> ModelCard:
     """A photo finetuning run (``medhub finetune --task face-age|survival``) as a hub model folder; ``card``
-    overrides any card field. Returns the card."""
+    overrides any card field; ``fallback_detector`` is tried at inference when the training detector finds no
+    face (:class:`~medhub.face.detect.CropPolicy`'s ``fallback``). Returns the card."""
     sidecar = read_finetuned_sidecar(finetuned)
     if sidecar.get("head"):
         raise InputError(finetuned, "a descriptor head: export it together with the crop network run(s) it goes "
@@ -189,4 +194,15 @@ def export_face_model(finetuned: str | Path, output: str | Path, *, model_id: st
         "resources": {"device": "cpu-or-gpu", "memory_gib": 2.0},
         **dict(card or {}),
     }
-    return package_model(finetuned, output, body, trained_on=trained_on, license=license)
+    overrides = {}
+    if fallback_detector:
+        from medhub.face.detect import BOX_FRAMING
+
+        policy = sidecar.get("crop_policy")
+        if policy is None or (fallback_detector, policy["detector"]) not in BOX_FRAMING:
+            raise InputError(finetuned, f"no framing of {fallback_detector}'s boxes as "
+                                        f"{policy['detector'] if policy else 'given crops'}' is known",
+                             code="bad-option")
+        overrides["crop_policy"] = {**policy, "fallback": fallback_detector}
+    return package_model(finetuned, output, body, trained_on=trained_on, license=license,
+                         sidecar_overrides=overrides)

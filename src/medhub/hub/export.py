@@ -61,13 +61,14 @@ def exported_modality(path: str | Path) -> str | None:
 
 
 def package_model(finetuned: str | Path, output: str | Path, card: dict[str, Any], *, trained_on: str,
-                  license: str = "Apache-2.0") -> ModelCard:
-    """Write ``OUTPUT/weights/`` (the checkpoint, its sidecar without the per-step loss history) and
+                  license: str = "Apache-2.0", sidecar_overrides: dict[str, Any] | None = None) -> ModelCard:
+    """Write ``OUTPUT/weights/`` (the checkpoint, its sidecar without the per-step loss history, with
+    ``sidecar_overrides`` set) and
     ``OUTPUT/card.yaml`` (``card`` plus the weights entries, validated), and a ``README.md`` when there is none;
     other files in ``output`` stay. The weights folder is swapped whole, then the card replaced, so a reader never
     sees half a model. Returns the card."""
     finetuned, output = Path(finetuned), Path(output)
-    sidecar = read_finetuned_sidecar(finetuned)
+    sidecar = {**read_finetuned_sidecar(finetuned), **(sidecar_overrides or {})}
     output.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=output))
     try:

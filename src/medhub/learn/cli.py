@@ -202,6 +202,8 @@ def export_model_command(
     version: Annotated[str, typer.Option(help="The model's version (MAJOR.MINOR.PATCH).")] = "0.1.0",
     trained_on: Annotated[str | None, typer.Option(help="What the weights were trained on, plainly (default: the "
                                                     "training sessions' names).")] = None,
+    fallback_detector: Annotated[str | None, typer.Option(help="Photo models: a second face detector tried when "
+                                                           "the training one finds no face (dlib-hog).")] = None,
 ) -> None:
     """Turn a finetuned checkpoint into a hub model folder: card, sha256-checked weights, README. Run it with
     `medhub run FOLDER INPUT OUTPUT`."""
@@ -219,10 +221,13 @@ def export_model_command(
             if len(finetuned) > 1:
                 run = Path(staging)
                 combine_face_runs(finetuned, run)
-            card = export_face_model(run, output, model_id=model_id, version=version, trained_on=trained_on)
+            card = export_face_model(run, output, model_id=model_id, version=version, trained_on=trained_on,
+                                     fallback_detector=fallback_detector)
         what = "photos" if len(finetuned) == 1 else f"photos; an ensemble of {len(finetuned)} runs"
     elif len(finetuned) > 1:
         raise InputError(finetuned[1], "only face-age runs can be combined into one model", code="bad-option")
+    elif fallback_detector:
+        raise InputError(finetuned[0], "--fallback-detector is for photo models", code="bad-option")
     else:
         from medhub.brain.hub import export_model
 

@@ -127,7 +127,7 @@ def main() -> None:
     networks = describe_networks(sidecar)
     card = export_face_model(
         _quantized_copy(run, args.work / "age-int8"), FOLDER, model_id="face-age", version=VERSION,
-        name="FaceAge",
+        name="FaceAge", fallback_detector="dlib-hog",
         trained_on=("UTKFace (Zhang et al., 2017; real face crops, ages 1-116, median 22, from the web), the "
                     "aligned 200 x 200 crops in ../shared/data/utkface: MAE pretraining on all of them, age "
                     "finetuning on 85 % (the other 15 % held out). Not trained on clinical photographs."
@@ -139,7 +139,8 @@ def main() -> None:
         card={
             "title": "Apparent age from a face photo",
             "description": (
-                "Finds the face (OpenCV Haar cascade, most certain face, margin 0.1 of the box, eyes levelled), "
+                "Finds the face (OpenCV Haar cascade, most certain face, margin 0.1 of the box, eyes levelled; "
+                "when the cascade finds none, dlib's HOG detector, its box reframed as the cascade's), "
                 f"crops it to {size} x {size} and reads the age with {networks}; the crop networks were "
                 f"{start} in two stages (uniform over all ages for {stage1} steps, then {balanced}), as "
                 "FAHR-FaceAge trains, and average the face and its mirror image."),
@@ -152,7 +153,7 @@ def main() -> None:
                 "the by-decade table in README.md). UTKFace's race labels are coarse and imbalanced, and the "
                 "adults' error differs by half between them; check the by-race table before using it on a "
                 "population. "
-                "A photo where the detector finds no face fails with no-face. Saliency maps explain the crop "
+                "A photo where neither detector finds a face fails with no-face. Saliency maps explain the crop "
                 "networks only, not the descriptor head's share of the reading. Apparent age is not a health "
                 "measure by itself; this is not the FAHR-FaceAge model and has not been validated on patients."),
             "intended_use": "Research on face photographs of adults (apparent-age estimation). Not for children. "
