@@ -290,13 +290,20 @@ def test_a_descriptor_head_trains_on_the_crop_networks_split_and_exports_with_th
     card = (model / "card.yaml").read_text()
     assert "weights/descriptor-head.safetensors" in card and "face-recognition" in card
 
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    photo = Image.open(photos.parent / "images" / "photo_0000.png")
+    photo.save(inputs / "photo.png")
+    photo.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(inputs / "mirrored.png")
     out = tmp_path / "out"
-    done = run_cli("run", str(model), "-i", str(photos.parent / "images" / "photo_0000.png"), "-o", str(out))
+    done = run_cli("run", str(model), "-i", str(inputs), "-o", str(out))
     assert done.returncode == 0, done.stderr
-    case = json.loads((out / "photo_0000" / "results.json").read_text())["case"]
-    parts = case["columns"]
-    assert case["values"]["face_age_years"] == pytest.approx(
+    cases = {name: json.loads((out / name / "results.json").read_text())["case"] for name in ("photo", "mirrored")}
+    parts = cases["photo"]["columns"]
+    assert cases["photo"]["values"]["face_age_years"] == pytest.approx(
         (parts["age_from_crop_networks"] + parts["age_from_descriptor_head"]) / 2, abs=0.011)
+    # Both readings average the face and its mirror image, so a mirrored photo reads the same.
+    assert cases["mirrored"]["values"] == pytest.approx(cases["photo"]["values"], abs=0.011)
 
     alone = run_cli("export-model", str(head), "--id", "head-only", "-o", str(tmp_path / "alone"))
     assert alone.returncode != 0 and "Traceback" not in alone.stderr

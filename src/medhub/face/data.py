@@ -66,12 +66,13 @@ def network_view(image: np.ndarray, policy: Any | None, size: int, *, where: str
 def photo_view(image: np.ndarray, policy: Any | None, size: int, view: str, *, where: str | Path | None = None
                ) -> np.ndarray:
     """What a model learns from in one photo: ``view`` ``"crop"``, the network's ``(size, size, 3)`` face crop
-    (:func:`network_view`), or ``"descriptor"``, the face's 128-number descriptor from dlib's face-recognition
-    network (:func:`medhub.face.descriptors.photo_descriptor`; ``size`` unused)."""
-    if view == "descriptor":
+    (:func:`network_view`), or ``"descriptor"`` (``"mirrored-descriptor"``), the 128-number descriptor of the face
+    (of its mirror image) from dlib's face-recognition network (:func:`medhub.face.descriptors.photo_descriptor`;
+    ``size`` unused)."""
+    if view in ("descriptor", "mirrored-descriptor"):
         from medhub.face.descriptors import photo_descriptor
 
-        return photo_descriptor(image, policy, where=where)
+        return photo_descriptor(image, policy, where=where, mirrored=view == "mirrored-descriptor")
     return network_view(image, policy, size, where=where)[0]
 
 

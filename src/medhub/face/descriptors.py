@@ -13,6 +13,7 @@ downloads at run time.
 * :class:`DescriptorHead`: a small MLP from the descriptor to age / 100, trained by :func:`finetune_descriptor_head`
   with the one training loop (:class:`~medhub.learn.trainer.Trainer`), L1 loss, drawing the photos as face-age's
   stage 2 does (age-balanced, ``balance_min_age`` and older), on the same held-out split as the crop networks.
+  It reads the face and its mirror image (the same box, mirrored) and averages the two, as the crop networks do.
 
 A face-age model may average its crop networks with such a head (:func:`medhub.face.finetuning.combine_face_runs`);
 saliency maps then explain the crop networks only.
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import json
 from dataclasses import asdict
 from functools import cache
 from pathlib import Path
@@ -73,30 +73,34 @@ def descriptor_record() -> dict[str, Any]:
             "chip": {"size": CHIP_SIZE, "padding": CHIP_PADDING}}
 
 
-def face_descriptor(image: np.ndarray, box: Any | None = None) -> np.ndarray:
+def face_descriptor(image: np.ndarray, box: Any | None = None, *, mirrored: bool = False) -> np.ndarray:
     """The 128-number descriptor (float32) of the face in ``box`` (a
     :class:`~medhub.face.detect.FaceBox` in photo pixels) of ``image`` (``(H, W, 3)`` uint8 RGB); ``box=None``
-    takes the whole photo as the face."""
+    takes the whole photo as the face. ``mirrored``: of the photo's mirror image (the box mirrored with it)."""
     import dlib
 
     landmarks, network = _dlib_models()
     pixels = np.ascontiguousarray(image[..., :3], dtype=np.uint8)
     h, w = pixels.shape[:2]
     x0, y0, x1, y1 = (0, 0, w - 1, h - 1) if box is None else (box.x0, box.y0, box.x1, box.y1)
+    if mirrored:
+        pixels = np.ascontiguousarray(pixels[:, ::-1])
+        x0, x1 = w - x1, w - x0
     shape = landmarks(pixels, dlib.rectangle(round(x0), round(y0), round(x1), round(y1)))
     chip = dlib.get_face_chip(pixels, shape, CHIP_SIZE, CHIP_PADDING)
     return np.asarray(network.compute_face_descriptor(chip), dtype=np.float32)
 
 
-def photo_descriptor(image: np.ndarray, policy: Any | None, *, where: str | Path | None = None) -> np.ndarray:
+def photo_descriptor(image: np.ndarray, policy: Any | None, *, where: str | Path | None = None,
+                     mirrored: bool = False) -> np.ndarray:
     """The descriptor of the face ``policy`` (a :class:`~medhub.face.detect.CropPolicy`) picks in ``image``, or of
-    the whole photo with ``policy=None`` (face crops already). Raises
+    the whole photo with ``policy=None`` (face crops already); ``mirrored``: of its mirror image. Raises
     :class:`~medhub.face.detect.NoFaceError` naming ``where`` when no face is found."""
     if policy is None:
-        return face_descriptor(image)
+        return face_descriptor(image, mirrored=mirrored)
     from medhub.face.detect import choose_face
 
-    return face_descriptor(image, choose_face(image, policy, where=where)[0])
+    return face_descriptor(image, choose_face(image, policy, where=where)[0], mirrored=mirrored)
 
 
 class DescriptorHead(nn.Module):
@@ -133,10 +137,9 @@ def finetune_descriptor_head(table: str | Path, output: str | Path, *, config: A
         age_balancing_weights,
         decade_strata,
         evaluate_age,
+        record_evaluation,
         split_holdout,
     )
-    from medhub.io import records
-    from medhub.io.files import write_text_atomic
     from medhub.learn.trainer import Trainer, TrainingConfig
 
     config = config or PhotoFinetuneConfig(steps=3000, lr=1e-3, balance_min_age=20.0)
@@ -183,24 +186,19 @@ def finetune_descriptor_head(table: str | Path, output: str | Path, *, config: A
                               weight_decay=1e-4, checkpoint_every=config.steps, seed=config.seed)
     history = Trainer(head, step, output, config=training, metadata=metadata, progress=progress).fit(
         batch_at, resume=resume)
+    # Read as the model reads a photo: the mean over the face and its mirror image.
+    mirrored = CropCache.build([found.paths[i] for i in holdout], cache or output / "cache", policy=policy, size=0,
+                               view="mirrored-descriptor", progress=progress)
     head.eval()
     with torch.no_grad():
-        predicted = head(descriptors[holdout]).numpy() * AGE_SCALE
+        predicted = (head(descriptors[holdout]) + head(torch.from_numpy(mirrored.crops))).numpy() / 2 * AGE_SCALE
     held = frame.iloc[holdout]
     evaluation = evaluate_age(ages[holdout], predicted, {c: held[c].to_numpy() for c in report_by},
                               seed=config.seed)
-    records.write_csv(output / "evaluation.csv", [
-        {"image": str(path), "age": float(age), "predicted_age": float(value), "abs_error": float(abs(value - age))}
-        for path, age, value in zip(np.array(found.paths, dtype=object)[holdout], ages[holdout], predicted,
-                                    strict=True)])
-    summary = {**metadata, "evaluation": evaluation, "failures": found.failures,
-               "final_loss": float(np.mean([r["loss"] for r in history[-20:]])) if history else float("nan")}
-    records.write_json(output / "evaluation.json", summary)
-    sidecar_file = output / "checkpoint.json"
-    sidecar = json.loads(sidecar_file.read_text())
-    sidecar["evaluation"] = evaluation
-    write_text_atomic(sidecar_file, json.dumps(sidecar, indent=1))
-    return {**sidecar, "history": history}
+    rows = [{"image": str(path), "age": float(age), "predicted_age": float(value), "abs_error": float(abs(value - age))}
+            for path, age, value in zip(np.array(found.paths, dtype=object)[holdout], ages[holdout], predicted,
+                                        strict=True)]
+    return record_evaluation(output, rows, evaluation, metadata, found.failures, history)
 
 
 def load_descriptor_head(folder: str | Path, record: dict[str, Any]) -> DescriptorHead:

@@ -222,7 +222,6 @@ def finetune_photos(table: str | Path, output: str | Path, *, checkpoint: str | 
     its checkpoint in ``output`` (stage 1's in ``output/stage1``) where there is one: a finished stage is not
     run again."""
     from medhub.face.detect import CropPolicy
-    from medhub.io import records
     from medhub.learn.checkpoints import load_pretrained
 
     config = config or PhotoFinetuneConfig()
@@ -326,8 +325,18 @@ def finetune_photos(table: str | Path, output: str | Path, *, checkpoint: str | 
                       "n": len(holdout), "events": int(targets["event"][holdout].sum())}
         for path, value in zip(np.array(crops.paths, dtype=object)[holdout], predicted, strict=True):
             rows_out.append({"image": str(path), "risk_score": float(value)})
-    records.write_csv(output / "evaluation.csv", rows_out)
-    summary = {**metadata, "evaluation": evaluation, "failures": crops.failures,
+    return record_evaluation(output, rows_out, evaluation, metadata, crops.failures, history)
+
+
+def record_evaluation(output: Path, rows: list[dict[str, Any]], evaluation: dict[str, Any], metadata: dict[str, Any],
+                      failures: dict[str, str], history: list[dict[str, float]]) -> dict[str, Any]:
+    """Leave a finished photo run's held-out evaluation in ``output``: ``evaluation.csv`` (``rows``, one per
+    held-out photo), ``evaluation.json`` (``metadata``, the evaluation, the failed photos, the final loss) and the
+    checkpoint sidecar's ``evaluation``; return the sidecar with the loss ``history``."""
+    from medhub.io import records
+
+    records.write_csv(output / "evaluation.csv", rows)
+    summary = {**metadata, "evaluation": evaluation, "failures": failures,
                "final_loss": float(np.mean([r["loss"] for r in history[-20:]])) if history else math.nan}
     records.write_json(output / "evaluation.json", summary)
     sidecar_file = output / "checkpoint.json"

@@ -92,6 +92,7 @@ class FacePhotoModel(FolderModel):
         return self._head
 
     def predict(self, photo: ModelInput) -> Prediction:
+        import numpy as np
         import torch
 
         from medhub.face.data import network_view
@@ -110,9 +111,10 @@ class FacePhotoModel(FolderModel):
         if head is not None:
             from medhub.face.descriptors import face_descriptor
 
-            descriptor = face_descriptor(photo.pixels, record.box if record is not None else None)
+            box = record.box if record is not None else None
+            descriptors = np.stack([face_descriptor(photo.pixels, box, mirrored=m) for m in (False, True)])
             with torch.no_grad():
-                read = float(head(torch.from_numpy(descriptor[None]))[0])
+                read = float(head(torch.from_numpy(descriptors)).mean())
             share = float(sidecar["descriptor_head"]["share"])
             columns.update({"age_from_crop_networks": round(value * AGE_SCALE, 2),
                             "age_from_descriptor_head": round(read * AGE_SCALE, 2)})

@@ -147,7 +147,7 @@ def main() -> None:
             "evaluation": held,
             "limitations": (
                 "For adults: its last stage learnt from adults of 20 and over only, so children and teenagers "
-                "are read as adults (MAE 11.5 years at 10-19, 19 under 10), and a reading under 25 carries a "
+                "are read as adults (MAE 11.6 years at 10-19, 19 under 10), and a reading under 25 carries a "
                 "warning. Trained on about 7,200 web photos, mostly young (median 22 years) and mostly frontal: "
                 "adults of 20-39 are read 4-5 years older and those of 60-69 and 80+ 2.5-5.5 years younger (see "
                 "the by-decade table in README.md). UTKFace's race labels are coarse and imbalanced, and the "
