@@ -82,7 +82,8 @@ def face_descriptor(image: np.ndarray, box: Any | None = None, *, mirrored: bool
     landmarks, network = _dlib_models()
     pixels = np.ascontiguousarray(image[..., :3], dtype=np.uint8)
     h, w = pixels.shape[:2]
-    x0, y0, x1, y1 = (0, 0, w - 1, h - 1) if box is None else (box.x0, box.y0, box.x1, box.y1)
+    # box edges in the FaceBox convention (pixel edges, x right); the whole photo is [0, w) × [0, h)
+    x0, y0, x1, y1 = (0, 0, w, h) if box is None else (box.x0, box.y0, box.x1, box.y1)
     if mirrored:
         pixels = np.ascontiguousarray(pixels[:, ::-1])
         x0, x1 = w - x1, w - x0
