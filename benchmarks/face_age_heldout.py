@@ -83,6 +83,9 @@ def main() -> None:
         alone = evaluate_age(ages, values[ok])
         print(f"{key.replace('_', ' ')} alone: adults 20+ {alone['adults_20_plus']['mae']:.2f}, "
               f"40+ {alone['adults_40_plus']['mae']:.2f}")
+    if len(parts) == 2:
+        errors = [values[ok][adult] - ages[adult] for values in parts.values()]
+        print(f"correlation of the two readings' errors on the adults: r {np.corrcoef(*errors)[0, 1]:.2f}")
 
 
 if __name__ == "__main__":

@@ -127,6 +127,7 @@ def finetune_command(
     table of face photos (face-age in two stages, survival with a Cox loss)."""
     from medhub.errors import InputError
 
+    report_columns = tuple(c.strip() for c in (report_by or "").split(",") if c.strip())
     if descriptor_head:
         if task != "face-age":
             raise InputError(None, "--descriptor-head is for --task face-age", code="bad-option")
@@ -138,8 +139,7 @@ def finetune_command(
                                           holdout=holdout, seed=seed,
                                           **{k: v for k, v in stage2.items() if v is not None})
         result = finetune_descriptor_head(data, output, config=head_config, images=images, age_column=age_column,
-                                          report_by=tuple(c.strip() for c in (report_by or "").split(",")
-                                                          if c.strip()),
+                                          report_by=report_columns,
                                           crop_policy=None if no_detect else "default", cache=cache, resume=resume)
         overall = result["evaluation"]["overall"]
         console.print(f"finetuned a face-age descriptor head; held out: MAE {overall['mae']:.2f} y "
@@ -162,8 +162,7 @@ def finetune_command(
                                            **{k: v for k, v in stage2.items() if v is not None})
         result = finetune_photos(data, output, checkpoint=None if from_scratch else checkpoint, config=photo_config,
                                  images=images, age_column=age_column, time_column=time_column,
-                                 event_column=event_column, report_by=tuple(
-                                     c.strip() for c in (report_by or "").split(",") if c.strip()),
+                                 event_column=event_column, report_by=report_columns,
                                  crop_policy=None if no_detect else "default", cache=cache, resume=resume)
         evaluation = result["evaluation"]
         shown = (f"MAE {evaluation['overall']['mae']:.2f} y [{evaluation['overall']['mae_low']:.2f}, "
