@@ -29,6 +29,12 @@ risk categories are printed too, and the per-trial scores go to ``<csv>_scans.cs
 by the site's depth in the heart mask (mm from its edge): the deepest epicardial fat lies at the heart's base, round
 the aortic root and in the atrioventricular grooves.
 
+``--aortic-wall N`` also inserts N calcifications a trial (bare, the same draw, from their own generator so that
+the coronary plaques stay the same) into the wall of the descending aorta where it passes within 15 mm of the heart
+(:func:`medhub.models.cac.train_classifier.aortic_wall_sites`): the aortic calcium that is common in the elderly
+smokers LIDC holds. They are not in the reference, so any of their voxels scored is false calcium, and the script
+prints how the classifier judged them.
+
 ``--phantoms N`` runs the same insertion on N validation phantoms as well (seeds 5,000 on, without coronary
 plaques, stent or contrast; resampled to 3 mm as ``cac_phantoms.py --grid-mm 3`` does, the phantom's heart standing
 in for DeepCAC's): what is left of the gap between them and the real scans is the real image and anatomy, not the
@@ -36,6 +42,7 @@ plaque model.
 
     python benchmarks/cac_lesion_insertion.py [--trials 30] [--csv benchmarks/cac_lesion_insertion.csv]
                                               [--weights W.pt] [--seed 0] [--no-vessel] [--phantoms N] [--large]
+                                              [--aortic-wall N]
 """
 
 from __future__ import annotations
@@ -58,6 +65,7 @@ from medhub.masks import dilate_mm
 from medhub.metrics.bootstrap import bootstrap_ci
 from medhub.models.cac.model import CAC, CALCIUM_LABEL
 from medhub.models.cac.train import insertion_sites
+from medhub.models.cac.train_classifier import aortic_wall_sites
 from medhub.synth.cac_phantom import (
     LARGE_PLAQUE_AREA_MM2,
     LARGE_PLAQUE_LENGTH_MM,
@@ -116,7 +124,10 @@ def nearest_candidate(prediction, affine: np.ndarray, site: np.ndarray, spacing:
 
 
 def run_trials(case: str, volume: Volume, labels: np.ndarray, trials: int, model: CAC, rng: np.random.Generator,
-               vessel: bool = True, large: bool = False) -> tuple[list[dict], list[dict]]:
+               vessel: bool = True, large: bool = False, aortic_wall: int = 0,
+               wall_rng: np.random.Generator | None = None) -> tuple[list[dict], list[dict], list[dict]]:
+    """Rows per coronary plaque, per trial and per aortic wall calcification (``aortic_wall`` a trial, drawn
+    from ``wall_rng`` so that the coronary plaques stay those drawn without them)."""
     hu0, spacing = volume.array.astype(np.float32), volume.spacing
     convention = CAC.convention
     own = score_calcium(hu0, spacing, labels == CALCIUM, convention).agatston
@@ -125,11 +136,18 @@ def run_trials(case: str, volume: Volume, labels: np.ndarray, trials: int, model
     sites = insertion_sites(hu0, labels == HEART, (hu0 >= 130) | (labels == CALCIUM), spacing,
                             clear_mm=SITE_CLEAR_MM, lung_clear_mm=SITE_LUNG_CLEAR_MM)
     depth_mm = ndi.distance_transform_edt(labels == HEART, sampling=spacing)
-    plaque_rows, scan_rows = [], []
+    wall_sites = aortic_wall_sites(hu0, labels == HEART, spacing) if aortic_wall else None
+    plaque_rows, scan_rows, wall_rows = [], [], []
     for trial in range(trials):
         chosen = pick_sites(sites, spacing, PLAQUES_PER_TRIAL, MIN_APART_MM, rng)
         inserted = insert_plaques(hu0, spacing, chosen, rng, vessel=vessel, large=large)
         hu, plaques, footprints = inserted.hu, inserted.plaques, inserted.footprints
+        wall_chosen: list[np.ndarray] = []
+        if aortic_wall and wall_rng is not None:
+            wall_chosen = pick_sites(wall_sites, spacing, aortic_wall, MIN_APART_MM / 2, wall_rng)
+            wall = insert_plaques(hu, spacing, wall_chosen, wall_rng, vessel=False,
+                                  large=bool(wall_rng.random() < 0.25))
+            hu = wall.hu
         start = time.perf_counter()
         prediction = model.predict(Volume(hu, volume.affine, modality="CT"))
         seconds = time.perf_counter() - start
@@ -152,6 +170,13 @@ def run_trials(case: str, volume: Volume, labels: np.ndarray, trials: int, model
                                 "agatston": round(ours, 2), "covered": round(covered, 2),
                                 "detected": bool(ceiling_mask.any() and covered >= 0.5),
                                 "counted": bool((found & ceiling_mask).any()), **judged})
+        for site, plaque, footprint in zip(wall_chosen, wall.plaques if wall_chosen else [],
+                                           wall.footprints if wall_chosen else [], strict=True):
+            wall_rows.append({"case": case, "trial": trial, "site": list(map(int, site)),
+                              **{k: round(v, 2) for k, v in plaque.items()},
+                              "visible": bool((footprint & (hu >= convention.threshold_hu)).any()),
+                              "counted": bool((found & ndi.binary_dilation(footprint)).any()),
+                              **nearest_candidate(prediction, volume.affine, site, spacing)})
         inserted = np.logical_or.reduce([ndi.binary_dilation(fp, iterations=1) for fp in footprints])
         elsewhere = found & ~inserted & ~own_region
         lesions, n_lesions = ndi.label(found, structure=np.ones((3, 3, 3), bool))
@@ -168,7 +193,7 @@ def run_trials(case: str, volume: Volume, labels: np.ndarray, trials: int, model
               f"naive {naive:7.1f}  plaques detected "
               f"{sum(r['detected'] for r in plaque_rows[-len(chosen):])}/"
               f"{sum(r['visible'] for r in plaque_rows[-len(chosen):])} visible", flush=True)
-    return plaque_rows, scan_rows
+    return plaque_rows, scan_rows, wall_rows
 
 
 #: The issue's agreement with a real case's 3 mm reference: within this factor either way (0 only for 0).
@@ -198,17 +223,23 @@ def main() -> None:
     parser.add_argument("--large", action="store_true",
                         help="heavy calcifications ({:g}-{:g} mm², {:g}-{:g} mm long, 350 or 600-1000 HU) instead"
                         .format(*LARGE_PLAQUE_AREA_MM2, *LARGE_PLAQUE_LENGTH_MM))
+    parser.add_argument("--aortic-wall", type=int, default=0,
+                        help="also insert this many calcifications a trial into the wall of the descending aorta "
+                             "where it passes the heart (any of them scored is false calcium)")
     parser.add_argument("--phantoms", type=int, default=0,
                         help="also insert into this many validation phantoms resampled to 3 mm, for comparison")
     args = parser.parse_args()
     rng = np.random.default_rng(args.seed)
-    plaques, scans = [], []
+    wall_rng = np.random.default_rng([args.seed, 0xA0A7])
+    plaques, scans, walls = [], [], []
     for case in CASES:
         classifier = None if args.classifier_dir is None else args.classifier_dir / f"without_{case}.txt"
         model = trial_model(args.method, args.weights, classifier)
-        p, s = run_trials(case, *lidc_case(case), args.trials, model, rng, not args.no_vessel, args.large)
+        p, s, w = run_trials(case, *lidc_case(case), args.trials, model, rng, not args.no_vessel, args.large,
+                             args.aortic_wall, wall_rng)
         plaques += p
         scans += s
+        walls += w
     phantom_plaques = []
     for seed in range(VALIDATION_FIRST_SEED, VALIDATION_FIRST_SEED + args.phantoms):
         phantom_plaques += run_trials(f"phantom {seed}", *phantom_case(seed), args.trials,
@@ -216,6 +247,8 @@ def main() -> None:
                                       not args.no_vessel, args.large)[0]
     write_csv(args.csv, plaques + phantom_plaques)
     write_csv(args.csv.with_name(f"{args.csv.stem}_scans.csv"), scans)
+    if walls:
+        write_csv(args.csv.with_name(f"{args.csv.stem}_aortic_wall.csv"), walls)
     visible = [r for r in plaques if r["visible"]]
     print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
           f"{len(plaques)} plaques in {len(scans)} trials on LIDC {', '.join(CASES)} (seed {args.seed})")
@@ -269,6 +302,12 @@ def main() -> None:
     ratio = f"{ours / naive:.2f}×" if naive else "unbounded (naive has none within tolerance)"
     print(f"ratio (medhub / naive) of scans within tolerance: {ratio}")
     print(f"median seconds per scan (model): {np.median([r['seconds'] for r in scans]):.2f}")
+    wall_visible = [r for r in walls if r["visible"]]
+    if wall_visible:
+        judged = [r for r in wall_visible if r["kind"] is not None]
+        kinds = {k: sum(r["kind"] == k for r in judged) for k in sorted({r["kind"] for r in judged})}
+        print(f"aortic wall calcifications (visible {len(wall_visible)}/{len(walls)}): candidates {len(judged)}, "
+              f"judged {kinds}; counted as coronary {sum(r['counted'] for r in wall_visible)}")
     phantom_visible = [r for r in phantom_plaques if r["visible"]]
     if phantom_visible:
         print(f"the same insertion in {args.phantoms} validation phantoms at 3 mm: detected "

@@ -157,6 +157,69 @@ def test_outside_pericardium_sites_lie_in_tissue_outside_the_heart_clear_of_lung
     assert len(outside_pericardium_sites(hu, np.zeros_like(heart), hu >= 130, spacing)) == 0
 
 
+def _chest_slab(aorta_centre: tuple[int, int] = (33, 26), aorta_radius_vox: float = 4.0
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """A 20-slice 3 mm slab in the canonical view: lung everywhere, a heart (soft tissue) in front, a vertebral
+    body (700 HU) behind it on the midline, and the descending aorta (40 HU) in front of the body, to its left
+    (larger column: columns run from the patient's right)."""
+    hu = np.full((20, 60, 50), -800, np.int16)
+    _, y, x = np.mgrid[:20, :60, :50]
+    heart = (y - 18) ** 2 + (x - 22) ** 2 <= 9 ** 2
+    hu[heart] = 40
+    hu[(y - 46) ** 2 + (x - 22) ** 2 <= 5 ** 2] = 700
+    hu[(y - aorta_centre[0]) ** 2 + (x - aorta_centre[1]) ** 2 <= aorta_radius_vox ** 2] = 40
+    return hu, heart
+
+
+def test_descending_aorta_is_found_by_its_shape_beside_the_spine() -> None:
+    from medhub.models.cac.aorta import descending_aorta
+    from medhub.models.cac.train_classifier import AORTIC_NEAR_MM, aortic_wall_sites
+
+    spacing = (3.0, 3.0, 3.0)
+    hu, heart = _chest_slab()
+    found = descending_aorta(hu, heart, spacing)
+    assert found is not None
+    centres, radius = found
+    assert sorted(centres) == list(range(20))
+    assert all(abs(r - 33) <= 1 and abs(c - 26) <= 1 for r, c in centres.values())
+    assert 10.5 <= radius <= 15.0  # 4 voxels = 12 mm, give or take the disk's pixel edge
+    sites = aortic_wall_sites(hu, heart, spacing)
+    assert len(sites)
+    # on the wall: 1.5 mm inside the outer edge, and near the heart
+    from_centre = np.hypot((sites[:, 1] - 33) * 3.0, (sites[:, 2] - 26) * 3.0)
+    assert np.all(np.abs(from_centre - (radius - 1.5)) <= 3.0)
+    from scipy import ndimage as ndi
+
+    outside = ndi.distance_transform_edt(~heart, sampling=spacing)[tuple(sites.T)]
+    assert outside.max() <= AORTIC_NEAR_MM
+    # no tube of aortic size (a 3 mm vessel only): not found, so nothing is inserted
+    thin, heart = _chest_slab(aorta_radius_vox=1.0)
+    assert descending_aorta(thin, heart, spacing) is None
+    assert len(aortic_wall_sites(thin, heart, spacing)) == 0
+
+
+@pytest.mark.skipif(not (Path(__file__).resolve().parents[2].parent / "shared" / "data" / "lidc_chest_ct").is_dir(),
+                    reason="../shared/data/lidc_chest_ct is absent")
+def test_descending_aorta_of_the_real_lidc_scans_is_a_tube_of_aortic_size() -> None:
+    from medhub.io.nifti import read_volume
+    from medhub.models.cac.aorta import descending_aorta
+    from medhub.models.cac.train_classifier import LIDC, LIDC_CASES
+
+    for case in LIDC_CASES:
+        volume = read_volume(LIDC / f"{case}_ct_3mm.nrrd")
+        heart = read_volume(LIDC / f"{case}_labels_3mm.nrrd").array == 1
+        found = descending_aorta(volume.array.astype(np.float32), heart, volume.spacing)
+        assert found is not None, case
+        centres, radius = found
+        assert 9.0 <= radius <= 16.0, (case, radius)  # an adult descending aorta: 20-30 mm across
+        assert len(centres) >= 0.8 * heart.any(axis=(1, 2)).sum(), case
+        # behind the heart, and its lumen holds blood or soft tissue, never lung or bone
+        heart_row = np.argwhere(heart).mean(axis=0)[1]
+        for k, (r, c) in centres.items():
+            assert r > heart_row, (case, k)
+            assert -60 <= volume.array[k, round(r), round(c)] <= 120, (case, k)
+
+
 def test_phantom_nodes_and_granulomas_are_extra_non_coronary_calcium_outside_the_heart() -> None:
     from medhub.synth.cac_phantom import OTHER_CALCIUM, make_cac_phantom
 

@@ -278,13 +278,17 @@ def train_classifier_command(
     members: Annotated[int, typer.Option("--members", min=1, help="Boosters averaged (bagging seeds seed ... "
                                          "seed + members - 1).")] = 5,
     seed: Annotated[int, typer.Option("--seed", min=0, help="First bagging seed.")] = 0,
+    aortic_wall: Annotated[int, typer.Option("--aortic-wall", min=0, help="Calcifications inserted per LIDC trial "
+                                             "into the descending aorta's wall, as aortic (an experiment; 0 for "
+                                             "the shipped classifier).")] = 0,
 ) -> None:
     """Train the calcium-candidate classifier (coronary or not) on phantoms and on LIDC scans with inserted
     plaques."""
     from medhub.models.cac.train_classifier import summary, train
 
     model = train(out, phantoms=phantoms, lidc_trials=lidc_trials, workers=workers, leave_out_lidc=leave_out_lidc,
-                  examples_csv=examples, members=members, seed=seed, progress=console.is_terminal)
+                  examples_csv=examples, members=members, seed=seed, aortic_wall=aortic_wall,
+                  progress=console.is_terminal)
     console.print(f"wrote {out or 'the cac model weights'} and its sidecar: {summary(model)}", highlight=False)
 
 

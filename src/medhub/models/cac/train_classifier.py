@@ -1,7 +1,7 @@
 """Train the candidate classifier (:mod:`.classifier`) on phantoms and on real anatomy with inserted plaques.
 
     medhub cac train-classifier [--phantoms 240] [--lidc-trials 40] [--out weights/cac_candidates.txt.gz]
-                                [--leave-out-lidc DIR] [--workers 2] [--members 5] [--seed 0]
+                                [--leave-out-lidc DIR] [--workers 2] [--members 5] [--seed 0] [--aortic-wall 0]
 
 Examples come from two sources, each run through the model's own steps (:func:`~.model.prepare_scan`: our heart,
 region, metal and noise; then :func:`~.candidates.find_candidates`), so the classifier learns from exactly what it
@@ -26,7 +26,11 @@ will see:
    Each trial also gets :data:`OUTSIDE_SPECKS` calcifications of the same draw, without a vessel, 6-21 mm outside
    the heart mask in fat or soft tissue (:func:`outside_pericardium_sites`), as class "other": no coronary runs
    outside the pericardium, and without these a classifier that never saw LIDC 0187 called a 168 HU speck behind
-   its sternum coronary in every trial.
+   its sternum coronary in every trial. ``aortic_wall=N`` (``--aortic-wall N``; 0, off, for the shipped
+   classifier) also inserts N calcifications a trial into the wall of the descending aorta where it passes
+   within :data:`AORTIC_NEAR_MM` of the heart (:func:`aortic_wall_sites`), as class "aortic". With 2, the
+   classifier counted fewer of them as coronary but fewer deep coronary plaques too (benchmarks/RESULTS-history.md,
+   2026-12-07, sixth session), so it stays off until a feature such as the distance to the aorta separates them.
 
 The insertion benchmark (``benchmarks/cac_lesion_insertion.py``) draws its plaques from other seeds; to measure on
 a real scan the classifier has not seen, ``--leave-out-lidc DIR`` also fits ``DIR/without_<case>.txt`` for each
@@ -70,6 +74,9 @@ KIND_CLASS = {"coronary": "coronary", "aortic": "aortic", "valve": "valve", "ann
 #: 2), how far outside DeepCAC's heart mask (which holds the epicardial fat) they lie (mm), the HU of the tissue
 #: they go into, and the weight of each.
 OUTSIDE_SPECKS, OUTSIDE_MM, OUTSIDE_HU, OUTSIDE_WEIGHT = 2, (6.0, 21.0), (-200.0, 100.0), 1.0
+#: Weight of a calcification inserted into the wall of the descending aorta (class "aortic"; ``--aortic-wall``, off
+#: in the shipped classifier: see the module docstring, source 2).
+AORTIC_WALL_WEIGHT = 1.0
 
 
 def candidate_examples(volume: Volume, truth: np.ndarray, class_of_code: dict[int, str], scan: str,
@@ -187,8 +194,9 @@ def _add_missed(codes: np.ndarray, phantom: Any, volume: Volume, names: list[str
     return codes
 
 
-def lidc_examples(case: str, trial: int, seed: int = 1) -> pd.DataFrame:
-    """Candidates of one LIDC scan with three inserted plaques (see the module docstring, source 2)."""
+def lidc_examples(case: str, trial: int, seed: int = 1, aortic_wall: int = 0) -> pd.DataFrame:
+    """Candidates of one LIDC scan with three inserted plaques and ``aortic_wall`` aortic wall calcifications (see
+    the module docstring, source 2)."""
     from medhub.io.nifti import read_volume
     from medhub.models.cac.train import insertion_sites
     from medhub.synth.plaque_insertion import (
@@ -218,12 +226,21 @@ def lidc_examples(case: str, trial: int, seed: int = 1) -> pd.DataFrame:
     specks = insert_plaques(inserted.hu, volume.spacing, outside, rng, vessel=False)
     for footprint in specks.footprints:
         codes[footprint & (codes == 0)] = 3
-    hu = specks.hu.astype(np.float32) + float(rng.uniform(-20.0, 20.0))
+    hu = specks.hu
+    if aortic_wall:  # from their own generator, so that the draws above stay the same with them or without
+        wall_rng = np.random.default_rng([seed, int(case), trial, 0xA0A7])
+        wall = insert_plaques(hu, volume.spacing, pick_sites(aortic_wall_sites(hu0, heart, volume.spacing),
+                                                             volume.spacing, aortic_wall, MIN_APART_MM / 2, wall_rng),
+                              wall_rng, vessel=False, large=bool(wall_rng.random() < 0.25))
+        for footprint in wall.footprints:
+            codes[footprint & (codes == 0)] = 4
+        hu = wall.hu
+    hu = hu.astype(np.float32) + float(rng.uniform(-20.0, 20.0))
     # the scan's own candidates (code 0 or 1) repeat in every trial
     table = candidate_examples(Volume(np.rint(hu).astype(np.int16), volume.affine, modality="CT"), codes,
-                               {1: "coronary", 2: "coronary", 3: "other"}, f"lidc {case}",
+                               {1: "coronary", 2: "coronary", 3: "other", 4: "aortic"}, f"lidc {case}",
                                weight_of_code={0: REPEAT_WEIGHT, 1: REPEAT_WEIGHT, 2: REAL_PLAQUE_WEIGHT,
-                                               3: OUTSIDE_WEIGHT})
+                                               3: OUTSIDE_WEIGHT, 4: AORTIC_WALL_WEIGHT})
     table["trial"] = trial
     return table
 
@@ -243,12 +260,38 @@ def outside_pericardium_sites(hu: np.ndarray, heart: np.ndarray, dense: np.ndarr
     return sites[np.all((sites >= HALF_BOX) & (sites < np.array(hu.shape) - HALF_BOX), axis=1)]
 
 
-def collect(phantom_seeds: Iterable[int], lidc_trials: int, workers: int = 1, progress: bool = True
-            ) -> pd.DataFrame:
+def aortic_wall_sites(hu: np.ndarray, heart: np.ndarray, spacing_mm: tuple[float, float, float]) -> np.ndarray:
+    """Voxel indices ``(N, 3)`` on the wall of the descending aorta (:func:`.aorta.descending_aorta`; 1.5 mm inside its
+    outer edge, every 15°), at most :data:`AORTIC_NEAR_MM` from ``heart`` and a large plaque block's half-size
+    inside the image: where aortic wall calcium lies close enough to the heart to become a candidate. Empty when
+    the aorta is not found."""
+    from medhub.models.cac.aorta import descending_aorta
+    from medhub.synth.plaque_insertion import HALF_BOX_LARGE
+
+    aorta = descending_aorta(hu, heart, spacing_mm)
+    if aorta is None:
+        return np.zeros((0, 3), int)
+    centres, radius = aorta
+    angles = np.radians(np.arange(0.0, 360.0, 15.0))
+    sites = np.array([(k, round(r + (radius - 1.5) * np.sin(a) / spacing_mm[1]),
+                       round(c + (radius - 1.5) * np.cos(a) / spacing_mm[2]))
+                      for k, (r, c) in centres.items() for a in angles], int)
+    sites = sites[np.all((sites >= HALF_BOX_LARGE) & (sites < np.array(hu.shape) - HALF_BOX_LARGE), axis=1)]
+    outside = ndi.distance_transform_edt(~heart, sampling=spacing_mm)
+    return sites[outside[tuple(sites.T)] <= AORTIC_NEAR_MM]
+
+
+#: How far outside DeepCAC's heart mask inserted aortic wall calcium may lie (mm): farther, it is seldom a
+#: candidate (the candidate region is our own heart mask grown by 10 mm).
+AORTIC_NEAR_MM = 15.0
+
+
+def collect(phantom_seeds: Iterable[int], lidc_trials: int, workers: int = 1, progress: bool = True,
+            aortic_wall: int = 0) -> pd.DataFrame:
     """Every example, from ``workers`` processes (each one thread)."""
     jobs: list[tuple[Any, tuple]] = [(phantom_examples, (s,)) for s in phantom_seeds]
     if LIDC.is_dir():
-        jobs += [(lidc_examples, (case, t)) for t in range(lidc_trials) for case in LIDC_CASES]
+        jobs += [(lidc_examples, (case, t, 1, aortic_wall)) for t in range(lidc_trials) for case in LIDC_CASES]
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     tables = []
@@ -297,7 +340,7 @@ def fit(examples: pd.DataFrame, record: dict[str, Any], members: int = MEMBERS, 
 
 def train(out: Path | None = None, *, phantoms: int = 240, lidc_trials: int = 40, workers: int = 2,
           leave_out_lidc: Path | None = None, examples_csv: Path | None = None, members: int = MEMBERS,
-          seed: int = 0, progress: bool = True) -> CandidateClassifier:
+          seed: int = 0, aortic_wall: int = 0, progress: bool = True) -> CandidateClassifier:
     """Collect the examples (or read them from ``examples_csv`` when it exists), fit, save to ``out`` (default:
     the model's shipped weights file); see the module docstring."""
     out = DEFAULT_OUT if out is None else out
@@ -306,13 +349,14 @@ def train(out: Path | None = None, *, phantoms: int = 240, lidc_trials: int = 40
         examples = pd.read_csv(examples_csv, float_precision="round_trip")
     else:
         seeds = range(PHANTOM_FIRST_SEED, PHANTOM_FIRST_SEED + phantoms)
-        examples = collect(seeds, lidc_trials, workers, progress)
+        examples = collect(seeds, lidc_trials, workers, progress, aortic_wall)
         if examples_csv is not None:
             examples.to_csv(examples_csv, index=False)
     record = {"phantom_seeds": [PHANTOM_FIRST_SEED, PHANTOM_FIRST_SEED + phantoms - 1],
               "lidc_trials_per_case": lidc_trials if LIDC.is_dir() else 0,
               "command": f"medhub cac train-classifier --phantoms {phantoms} --lidc-trials {lidc_trials} "
-                         f"--members {members} --seed {seed}",
+                         f"--members {members} --seed {seed}"
+                         + (f" --aortic-wall {aortic_wall}" if aortic_wall else ""),
               "collected_in_s": round(time.time() - start)}
     model = fit(examples, record, members, seed)
     model.save(out)
