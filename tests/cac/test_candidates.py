@@ -94,6 +94,29 @@ def test_classifier_learns_calibrates_and_round_trips(tmp_path: Path) -> None:
     assert model.predict(test.iloc[:0]).empty
 
 
+def test_candidates_on_the_descending_aortas_wall_are_aortic_whatever_their_probability() -> None:
+    from medhub.models.cac.classifier import AORTIC_WALL_MM
+
+    train, test = _examples(600, 0), _examples(300, 1)
+    model = CandidateClassifier(rounds=60).fit(train, train["class"], train["scan"])
+    coronary = test[test["class"] == "coronary"].copy()
+    before = model.predict(coronary)
+    assert before["accepted"].mean() > 0.9
+    coronary["heart_fraction"] = 0.2
+    coronary["aorta_distance_mm"] = np.where(np.arange(len(coronary)) % 2, -1.0, AORTIC_WALL_MM + 10.0)
+    on_wall = coronary["aorta_distance_mm"].to_numpy() <= AORTIC_WALL_MM
+    after = model.predict(coronary)
+    assert not after["accepted"][on_wall].any() and (after["kind"][on_wall] == "aortic").all()
+    assert after["reason"][on_wall].str.contains("descending aorta's wall").all()
+    # off the wall the probability decides as before (the outside-heart threshold applies)
+    assert after["p_coronary"].equals(before["p_coronary"])
+    # inside the heart mask, or with no aorta found (NaN), the rule does not apply
+    coronary["heart_fraction"], coronary["aorta_distance_mm"] = 0.9, -1.0
+    assert model.predict(coronary)["accepted"].equals(before["accepted"])
+    coronary["heart_fraction"], coronary["aorta_distance_mm"] = 0.2, np.nan
+    assert not model.predict(coronary)["kind"].eq("aortic").all()
+
+
 def test_classifier_refuses_a_model_trained_on_other_features(tmp_path: Path) -> None:
     import json
 
@@ -196,6 +219,26 @@ def test_descending_aorta_is_found_by_its_shape_beside_the_spine() -> None:
     thin, heart = _chest_slab(aorta_radius_vox=1.0)
     assert descending_aorta(thin, heart, spacing) is None
     assert len(aortic_wall_sites(thin, heart, spacing)) == 0
+
+
+def test_aorta_distance_feature_is_zero_on_the_aortic_wall_and_unknown_off_its_track() -> None:
+    from medhub.models.cac.candidates import FAR_MM, AortaTrack
+
+    spacing = (3.0, 3.0, 3.0)
+    hu, heart = _chest_slab()
+    track = AortaTrack.of(hu, heart, spacing)
+    assert len(track.slice_mm) == 20
+    # the slab's aorta: centre row 33, column 26, radius 4 voxels (12 mm)
+    on_wall = track.distance_mm(np.array([10, 33 - 4, 26]), spacing)
+    assert abs(on_wall) <= 3.0
+    assert track.distance_mm(np.array([10, 33, 26]), spacing) < -8.0  # inside: negative
+    assert track.distance_mm(np.array([10, 2, 2]), spacing) == FAR_MM  # capped
+    assert np.isnan(track.distance_mm(np.array([25, 33, 26]), spacing))  # beyond the tracked slices
+    # a finer grid finds the same aorta (it is searched on a grid of about AORTA_GRID_MM)
+    fine = AortaTrack.of(np.repeat(hu, 3, axis=0), np.repeat(heart, 3, axis=0), (1.0, 3.0, 3.0))
+    assert abs(fine.distance_mm(np.array([30, 29, 26]), (1.0, 3.0, 3.0)) - on_wall) <= 3.0
+    none = AortaTrack.of(*_chest_slab(aorta_radius_vox=1.0), spacing)
+    assert np.isnan(none.distance_mm(np.array([10, 33, 26]), spacing))
 
 
 @pytest.mark.skipif(not (Path(__file__).resolve().parents[2].parent / "shared" / "data" / "lidc_chest_ct").is_dir(),

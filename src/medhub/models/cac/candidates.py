@@ -11,7 +11,9 @@ looks at: size and density, the tissue around it (fat, soft tissue, lung, other 
 larger dense structure (bone), and where it sits in the heart: depth inside the heart mask, position along the
 heart's long axis (base to apex) and distance from that axis, and its offset from the heart's centre in units of
 the heart's own extent. Positions are relative to the heart, so that no one generator's geometry is learnt in
-absolute millimetres.
+absolute millimetres. Beside the features, each candidate's distance to the wall of the descending aorta
+(``aorta_distance_mm``, :class:`AortaTrack`) lets the classifier's aortic-wall rule
+(:data:`medhub.models.cac.classifier.AORTIC_WALL_MM`) call calcium in that wall aortic.
 """
 
 from __future__ import annotations
@@ -119,6 +121,46 @@ class HeartFrame:
 
 #: Distances are computed on a grid of about this voxel size (mm): a plaque's depth in the heart needs no finer.
 DISTANCE_GRID_MM = 2.0
+#: The descending aorta is found on a grid of about this voxel size (mm), as on DeepCAC's 3 mm grid.
+AORTA_GRID_MM = 3.0
+
+
+@dataclass(frozen=True)
+class AortaTrack:
+    """The descending aorta beside the heart (:func:`.aorta.descending_aorta`): its centre per slice (mm, rows and
+    columns of the canonical view) and outer radius (mm); empty when it was not found."""
+
+    slice_mm: np.ndarray
+    centre_mm: np.ndarray
+    radius_mm: float
+
+    @classmethod
+    def of(cls, hu: np.ndarray, heart_mask: np.ndarray, spacing_mm: tuple[float, float, float]) -> AortaTrack:
+        from medhub.models.cac.aorta import descending_aorta
+
+        stride = tuple(max(1, round(AORTA_GRID_MM / s)) for s in spacing_mm)
+        coarse = tuple(slice(None, None, f) for f in stride)
+        sampling = tuple(s * f for s, f in zip(spacing_mm, stride, strict=True))
+        found = descending_aorta(np.asarray(hu)[coarse], np.asarray(heart_mask, bool)[coarse], sampling)
+        if found is None:
+            return cls(np.zeros(0), np.zeros((0, 2)), 0.0)
+        centres, radius = found
+        ks = sorted(centres)
+        return cls(np.array(ks, float) * sampling[0],
+                   np.array([centres[k] for k in ks], float) * np.array(sampling[1:]), radius)
+
+    def distance_mm(self, point_index: np.ndarray, spacing_mm: tuple[float, float, float]) -> float:
+        """In-plane distance (mm) from a point (voxel indices z, y, x) to the aorta's outer wall on the nearest
+        tracked slice, negative inside it, capped at :data:`FAR_MM`; NaN when no tracked slice lies within
+        :data:`AORTA_GRID_MM` of the point's."""
+        if not len(self.slice_mm):
+            return float("nan")
+        point = np.asarray(point_index, float) * np.asarray(spacing_mm, float)
+        nearest = int(np.argmin(np.abs(self.slice_mm - point[0])))
+        if abs(self.slice_mm[nearest] - point[0]) > AORTA_GRID_MM:
+            return float("nan")
+        gap = float(np.hypot(*(point[1:] - self.centre_mm[nearest]))) - self.radius_mm
+        return float(np.clip(gap, -FAR_MM, FAR_MM))
 
 
 def _coarse_distance(mask: np.ndarray, spacing_mm: tuple[float, float, float], signed: bool
@@ -140,14 +182,14 @@ def find_candidates(hu: np.ndarray, spacing_mm: tuple[float, float, float], regi
                     heart_mask: np.ndarray, *, soft_tissue_hu: float = 40.0, noise_sd: float = 20.0,
                     threshold_hu: float = CANDIDATE_HU) -> Candidates:
     """Every 26-connected ``hu >= threshold_hu`` component inside ``region`` (bool, the heart mask grown by a
-    margin, metal already removed), with its :data:`FEATURES`.
+    margin, metal already removed), with its :data:`FEATURES` and ``aorta_distance_mm`` (:class:`AortaTrack`).
 
     ``heart_mask`` is the heart proper (its frame gives the positions); ``soft_tissue_hu`` and ``noise_sd`` are
     the scan's own (:func:`medhub.models.cac.lesions.soft_tissue_noise`), so ``peak_sd`` is measured on the scan.
     """
     hu = np.asarray(hu)
     spacing = tuple(float(s) for s in spacing_mm)
-    columns = [*FEATURES, "first_slice", "last_slice", "centroid_index"]
+    columns = [*FEATURES, "aorta_distance_mm", "first_slice", "last_slice", "centroid_index"]
     pad = tuple(int(np.ceil((FAR_MM / 2) / s)) for s in spacing)
     within = crop_box(np.asarray(region, bool), pad)
     empty = Candidates(np.zeros((0, 0, 0), np.int32), (slice(0, 0),) * 3, hu.shape, pd.DataFrame(columns=columns))
@@ -161,6 +203,7 @@ def find_candidates(hu: np.ndarray, spacing_mm: tuple[float, float, float], regi
     if not n:
         return empty
     depth, depth_stride = _coarse_distance(heart_box, spacing, signed=True)
+    aorta = AortaTrack.of(hu, heart_mask, spacing)
     lung_distance, lung_stride = _coarse_distance(hu_box < LUNG_HU, spacing, signed=False)
     frame = HeartFrame.of(heart_box, spacing) if heart_box.any() else None
     voxel_mm3 = float(np.prod(spacing))
@@ -229,6 +272,7 @@ def find_candidates(hu: np.ndarray, spacing_mm: tuple[float, float, float], regi
             "heart_fraction": float(in_heart.mean()),
             "heart_depth_mm": float(depth_at.max()),
             "lung_distance_mm": float(lung_distance[tuple((points // lung_stride).T)].min()),
+            "aorta_distance_mm": aorta.distance_mm(centroid + offset, spacing),
             "long_axis_position": position[0], "axis_distance": position[1],
             "rel_z": position[2], "rel_y": position[3], "rel_x": position[4],
             "slice_spacing_mm": spacing[0], "pixel_mm": float(np.sqrt(pixel_mm2)),

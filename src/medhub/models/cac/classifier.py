@@ -8,7 +8,9 @@ on which rows its bagging drew (the same examples in another order gave a real L
 trial, or none); an average of several varies less. The probability of "coronary" is then calibrated by isotonic
 regression on out-of-fold predictions, folds grouped by scan, so that a candidate of a scan never calibrates its
 own score. The other classes say what a rejected candidate most likely is: aortic wall calcium, valve calcium
-(aortic valve or mitral annulus), or other (bone, noise, anything else).
+(aortic valve or mitral annulus), or other (bone, noise, anything else). Two rules of anatomy sit on top: a
+candidate mostly outside the heart mask needs a higher probability (:data:`OUTSIDE_HEART_THRESHOLD`), and one in
+the wall of the descending aorta (:data:`AORTIC_WALL_MM`) is aortic whatever its probability.
 
 Saved as LightGBM's own text models (one gzip-compressed file, the members one after another,
 :data:`MEMBER_SEPARATOR` between them) plus a JSON sidecar (features, classes, the calibration curve, the
@@ -41,6 +43,13 @@ THRESHOLD = 0.5
 #: diaphragm, more of them in patients than in any training set. The same level as the 0.x lesion network's rule
 #: (:data:`medhub.models.cac.lesions.OUTSIDE_HEART_THRESHOLD`, chosen on validation phantoms).
 OUTSIDE_HEART_THRESHOLD = 0.75
+#: A candidate mostly outside the heart mask whose centre lies within this distance (mm) of the descending aorta's
+#: outer wall, or inside it (``aorta_distance_mm`` of :func:`~.candidates.find_candidates`), is aortic wall
+#: calcium whatever its probability: no coronary runs there. Calcium inserted into that wall of the two LIDC scans
+#: lies at -3 to +0.4 mm, the plaques inserted into their epicardial fat at 14 mm or more, and a classifier that
+#: never saw the scan called 9 of 98 such wall candidates coronary (benchmarks/cac_lesion_insertion.py
+#: --aortic-wall).
+AORTIC_WALL_MM = 5.0
 #: Boosters of a fitted classifier (bagging seeds ``seed`` ... ``seed + MEMBERS - 1``).
 MEMBERS = 5
 #: The line between two members' LightGBM text models in a saved classifier.
@@ -125,7 +134,8 @@ class CandidateClassifier:
     def predict(self, features: pd.DataFrame) -> pd.DataFrame:
         """One row per candidate: ``p_coronary`` (calibrated), the raw class probabilities ``p_<class>``, the most
         likely non-coronary ``kind``, ``accepted`` (``p_coronary >= THRESHOLD``, or :data:`OUTSIDE_HEART_THRESHOLD`
-        for a candidate mostly outside the heart mask) and ``reason`` in words."""
+        for a candidate mostly outside the heart mask; never on the descending aorta's wall, :data:`AORTIC_WALL_MM`,
+        when ``features`` has ``aorta_distance_mm``) and ``reason`` in words."""
         if not self.boosters:
             raise RuntimeError("the classifier is not fitted")
         columns = ["p_coronary", *(f"p_{c}" for c in CLASSES[1:]), "kind", "accepted", "reason"]
@@ -135,11 +145,16 @@ class CandidateClassifier:
         p_coronary = self._calibrate(raw[:, 0])
         kind = np.array(CLASSES[1:])[raw[:, 1:].argmax(axis=1)]
         outside = features["heart_fraction"].to_numpy(float) < 0.5
-        accepted = p_coronary >= np.where(outside, OUTSIDE_HEART_THRESHOLD, THRESHOLD)
+        aorta_mm = features["aorta_distance_mm"].to_numpy(float) if "aorta_distance_mm" in features \
+            else np.full(len(features), np.nan)
+        on_aorta = outside & (aorta_mm <= AORTIC_WALL_MM)  # NaN (no aorta found) compares false
+        accepted = (p_coronary >= np.where(outside, OUTSIDE_HEART_THRESHOLD, THRESHOLD)) & ~on_aorta
+        kind = np.where(on_aorta, "aortic", kind)
         short = f" < {OUTSIDE_HEART_THRESHOLD:g} outside the heart mask"
         reason = [f"coronary (p {p:.2f})" if ok else
+                  f"not coronary (p {p:.2f}): on the descending aorta's wall ({d:.0f} mm from it)" if wall else
                   f"not coronary (p {p:.2f}{short if p >= THRESHOLD else ''}): most like {CLASS_WORDS[k]}"
-                  for p, ok, k in zip(p_coronary, accepted, kind, strict=True)]
+                  for p, ok, k, wall, d in zip(p_coronary, accepted, kind, on_aorta, aorta_mm, strict=True)]
         table = pd.DataFrame({"p_coronary": p_coronary, **{f"p_{c}": raw[:, i] for i, c in enumerate(CLASSES)
                                                             if i > 0},
                               "kind": np.where(accepted, "coronary", kind), "accepted": accepted, "reason": reason},
