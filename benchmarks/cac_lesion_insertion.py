@@ -77,6 +77,7 @@ from medhub.synth.plaque_insertion import (
     PLAQUES_PER_TRIAL,
     SITE_CLEAR_MM,
     SITE_LUNG_CLEAR_MM,
+    Insertion,
     analytic_agatston,
     insert_plaques,
     pick_sites,
@@ -127,7 +128,7 @@ def run_trials(case: str, volume: Volume, labels: np.ndarray, trials: int, model
                vessel: bool = True, large: bool = False, aortic_wall: int = 0,
                wall_rng: np.random.Generator | None = None) -> tuple[list[dict], list[dict], list[dict]]:
     """Rows per coronary plaque, per trial and per aortic wall calcification (``aortic_wall`` a trial, drawn
-    from ``wall_rng`` so that the coronary plaques stay those drawn without them)."""
+    from ``wall_rng``, which it then needs, so that the coronary plaques stay those drawn without them)."""
     hu0, spacing = volume.array.astype(np.float32), volume.spacing
     convention = CAC.convention
     own = score_calcium(hu0, spacing, labels == CALCIUM, convention).agatston
@@ -142,12 +143,13 @@ def run_trials(case: str, volume: Volume, labels: np.ndarray, trials: int, model
         chosen = pick_sites(sites, spacing, PLAQUES_PER_TRIAL, MIN_APART_MM, rng)
         inserted = insert_plaques(hu0, spacing, chosen, rng, vessel=vessel, large=large)
         hu, plaques, footprints = inserted.hu, inserted.plaques, inserted.footprints
-        wall_chosen: list[np.ndarray] = []
-        if aortic_wall and wall_rng is not None:
-            wall_chosen = pick_sites(wall_sites, spacing, aortic_wall, MIN_APART_MM / 2, wall_rng)
-            wall = insert_plaques(hu, spacing, wall_chosen, wall_rng, vessel=False,
+        if aortic_wall:
+            wall = insert_plaques(hu, spacing, pick_sites(wall_sites, spacing, aortic_wall, MIN_APART_MM / 2,
+                                                          wall_rng), wall_rng, vessel=False,
                                   large=bool(wall_rng.random() < 0.25))
             hu = wall.hu
+        else:
+            wall = Insertion(hu)
         start = time.perf_counter()
         prediction = model.predict(Volume(hu, volume.affine, modality="CT"))
         seconds = time.perf_counter() - start
@@ -170,8 +172,7 @@ def run_trials(case: str, volume: Volume, labels: np.ndarray, trials: int, model
                                 "agatston": round(ours, 2), "covered": round(covered, 2),
                                 "detected": bool(ceiling_mask.any() and covered >= 0.5),
                                 "counted": bool((found & ceiling_mask).any()), **judged})
-        for site, plaque, footprint in zip(wall_chosen, wall.plaques if wall_chosen else [],
-                                           wall.footprints if wall_chosen else [], strict=True):
+        for site, plaque, footprint in zip(wall.sites, wall.plaques, wall.footprints, strict=True):
             wall_rows.append({"case": case, "trial": trial, "site": list(map(int, site)),
                               **{k: round(v, 2) for k, v in plaque.items()},
                               "visible": bool((footprint & (hu >= convention.threshold_hu)).any()),

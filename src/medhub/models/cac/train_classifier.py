@@ -29,8 +29,9 @@ will see:
    its sternum coronary in every trial. ``aortic_wall=N`` (``--aortic-wall N``; 0, off, for the shipped
    classifier) also inserts N calcifications a trial into the wall of the descending aorta where it passes
    within :data:`AORTIC_NEAR_MM` of the heart (:func:`aortic_wall_sites`), as class "aortic". With 2, the
-   classifier counted fewer of them as coronary but fewer deep coronary plaques too (benchmarks/RESULTS-history.md,
-   2026-12-07, sixth session), so it stays off until a feature such as the distance to the aorta separates them.
+   classifier counted fewer of them as coronary but fewer deep coronary plaques too, with or without the distance
+   to the aorta as a feature, as its calibration moved (benchmarks/RESULTS-history.md, 2026-12-07, sixth session);
+   it stays off, and a rule calls calcium in that wall aortic instead (:data:`.classifier.AORTIC_WALL_MM`).
 
 The insertion benchmark (``benchmarks/cac_lesion_insertion.py``) draws its plaques from other seeds; to measure on
 a real scan the classifier has not seen, ``--leave-out-lidc DIR`` also fits ``DIR/without_<case>.txt`` for each
