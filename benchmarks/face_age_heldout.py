@@ -1,13 +1,16 @@
 """The shipped ``face-age`` on its held-out UTKFace photos, exactly as ``medhub run`` runs it.
 
-    python benchmarks/face_age_heldout.py [--limit N]
+    python benchmarks/face_age_heldout.py [--limit N] [--predictions OUT.csv] [--compare EARLIER.csv]
 
 The held-out list (``benchmarks/face_age_heldout.csv``: 15 % of UTKFace, stratified by age decade, never trained
 on; written by ``python -m medhub.models.face_age.train``) is read from ``../shared/data/utkface``. Each photo goes
 through the model's own face detection and crop; photos where no face is found are counted. Prints the MAE with a
 bootstrap 95 % CI overall, for adults (20+), by decade, by race and by sex (all ages, and adults), and the ratio of
 our adult MAE to FaceAge's published 6.89 years (on a different, older set of 1,002 held-back UTKFace adults: a
-reference point, not a paired comparison).
+reference point, not a paired comparison). ``--predictions`` writes each photo's reading; ``--compare`` reads
+such a file from an earlier model (for example one run from a worktree of an earlier commit with
+``PYTHONPATH=<worktree>/src``) and prints the paired change in absolute error on the photos both read, with a
+bootstrap 95 % CI over photos, for adults 20+, 40+ and 50-69.
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ GUESSED_SPREAD = {"20-29": 10, "30-39": 12, "40-49": 17, "50-59": 22, "60-69": 1
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--limit", type=int)
+    parser.add_argument("--predictions", type=Path, help="write file, age and each reading per photo here")
+    parser.add_argument("--compare", type=Path, help="an earlier run's --predictions file: print the paired change")
     args = parser.parse_args()
     held = pd.read_csv(HERE / "face_age_heldout.csv").iloc[: args.limit]
     model = get_model("face-age")
@@ -86,6 +91,27 @@ def main() -> None:
     if len(parts) == 2:
         errors = [values[ok][adult] - ages[adult] for values in parts.values()]
         print(f"correlation of the two readings' errors on the adults: r {np.corrcoef(*errors)[0, 1]:.2f}")
+    readings = held[["file", "age"]].assign(predicted=predicted, version=model.card.version,
+                                            **{key: values for key, values in parts.items()})
+    if args.predictions:
+        readings.to_csv(args.predictions, index=False)
+    if args.compare:
+        print_paired_change(readings, pd.read_csv(args.compare))
+
+
+def print_paired_change(now: pd.DataFrame, earlier: pd.DataFrame) -> None:
+    """Mean change in absolute error (now minus earlier; negative is better) on the photos both models read."""
+    from medhub.metrics.bootstrap import bootstrap_ci
+
+    both = now.merge(earlier[["file", "predicted", "version"]], on="file", suffixes=("", "_earlier")).dropna(
+        subset=["predicted", "predicted_earlier"])
+    change = (both["predicted"] - both["age"]).abs() - (both["predicted_earlier"] - both["age"]).abs()
+    print(f"paired against {both['version_earlier'].iloc[0]} ({len(both)} photos both read), change in absolute "
+          f"error, years [95 % CI]:")
+    for name, keep in (("adults 20+", both["age"] >= 20), ("adults 40+", both["age"] >= 40),
+                       ("50-69", both["age"].between(50, 69))):
+        low, high = bootstrap_ci(change[keep].to_numpy())
+        print(f"  {name} (n={int(keep.sum())}): {change[keep].mean():+.2f} [{low:+.2f}, {high:+.2f}]")
 
 
 if __name__ == "__main__":
