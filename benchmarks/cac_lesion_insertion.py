@@ -63,6 +63,7 @@ from medhub.io.records import write_csv
 from medhub.io.volume import Volume
 from medhub.masks import dilate_mm
 from medhub.metrics.bootstrap import bootstrap_ci
+from medhub.models.cac.candidates import AortaTrack
 from medhub.models.cac.model import CAC, CALCIUM_LABEL
 from medhub.models.cac.train import insertion_sites
 from medhub.models.cac.train_classifier import aortic_wall_sites
@@ -138,6 +139,7 @@ def run_trials(case: str, volume: Volume, labels: np.ndarray, trials: int, model
                             clear_mm=SITE_CLEAR_MM, lung_clear_mm=SITE_LUNG_CLEAR_MM)
     depth_mm = ndi.distance_transform_edt(labels == HEART, sampling=spacing)
     wall_sites = aortic_wall_sites(hu0, labels == HEART, spacing) if aortic_wall else None
+    aorta = AortaTrack.of(hu0, labels == HEART, spacing)
     plaque_rows, scan_rows, wall_rows = [], [], []
     for trial in range(trials):
         chosen = pick_sites(sites, spacing, PLAQUES_PER_TRIAL, MIN_APART_MM, rng)
@@ -171,12 +173,14 @@ def run_trials(case: str, volume: Volume, labels: np.ndarray, trials: int, model
                                 "analytic_agatston": round(analytic_agatston(plaque), 2),
                                 "agatston": round(ours, 2), "covered": round(covered, 2),
                                 "detected": bool(ceiling_mask.any() and covered >= 0.5),
-                                "counted": bool((found & ceiling_mask).any()), **judged})
+                                "counted": bool((found & ceiling_mask).any()),
+                                "aorta_distance_mm": round(aorta.distance_mm(site, spacing), 1), **judged})
         for site, plaque, footprint in zip(wall.sites, wall.plaques, wall.footprints, strict=True):
             wall_rows.append({"case": case, "trial": trial, "site": list(map(int, site)),
                               **{k: round(v, 2) for k, v in plaque.items()},
                               "visible": bool((footprint & (hu >= convention.threshold_hu)).any()),
                               "counted": bool((found & ndi.binary_dilation(footprint)).any()),
+                              "aorta_distance_mm": round(aorta.distance_mm(site, spacing), 1),
                               **nearest_candidate(prediction, volume.affine, site, spacing)})
         inserted = np.logical_or.reduce([ndi.binary_dilation(fp, iterations=1) for fp in footprints])
         elsewhere = found & ~inserted & ~own_region
@@ -309,6 +313,10 @@ def main() -> None:
         kinds = {k: sum(r["kind"] == k for r in judged) for k in sorted({r["kind"] for r in judged})}
         print(f"aortic wall calcifications (visible {len(wall_visible)}/{len(walls)}): candidates {len(judged)}, "
               f"judged {kinds}; counted as coronary {sum(r['counted'] for r in wall_visible)}")
+        near = [r["aorta_distance_mm"] for r in judged]
+        far = [r["aorta_distance_mm"] for r in visible if np.isfinite(r["aorta_distance_mm"])]
+        print(f"distance to the descending aorta's wall (mm): wall candidates {min(near):.1f} to {max(near):.1f}; "
+              f"coronary plaques {min(far):.1f} or more")
     phantom_visible = [r for r in phantom_plaques if r["visible"]]
     if phantom_visible:
         print(f"the same insertion in {args.phantoms} validation phantoms at 3 mm: detected "

@@ -46,7 +46,7 @@ OUTSIDE_HEART_THRESHOLD = 0.75
 #: A candidate mostly outside the heart mask whose centre lies within this distance (mm) of the descending aorta's
 #: outer wall, or inside it (``aorta_distance_mm`` of :func:`~.candidates.find_candidates`), is aortic wall
 #: calcium whatever its probability: no coronary runs there. Calcium inserted into that wall of the two LIDC scans
-#: lies at -3 to +0.4 mm, the plaques inserted into their epicardial fat at 13.9 mm or more, and a classifier that
+#: lies at -2.9 to +0.4 mm, the plaques inserted into their epicardial fat at 15.3 mm or more, and a classifier that
 #: never saw the scan called 9 of 98 such wall candidates coronary (benchmarks/cac_lesion_insertion.py
 #: --aortic-wall).
 AORTIC_WALL_MM = 5.0
