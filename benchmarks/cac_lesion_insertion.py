@@ -35,6 +35,12 @@ the coronary plaques stay the same) into the wall of the descending aorta where 
 smokers LIDC holds. They are not in the reference, so any of their voxels scored is false calcium, and the script
 prints how the classifier judged them.
 
+``--outside N`` likewise inserts N calcifications a trial 6-21 mm outside DeepCAC's heart mask, in fat or soft
+tissue (:func:`medhub.models.cac.train_classifier.outside_pericardium_sites`): calcified mediastinal lymph nodes,
+costal cartilage and the great vessels' walls, where no coronary runs. The classifier's training trials hold such
+calcifications too, from other draws; judged by a classifier that never saw their scan, they are the false calcium
+a held-back scan could show.
+
 ``--phantoms N`` runs the same insertion on N validation phantoms as well (seeds 5,000 on, without coronary
 plaques, stent or contrast; resampled to 3 mm as ``cac_phantoms.py --grid-mm 3`` does, the phantom's heart standing
 in for DeepCAC's): what is left of the gap between them and the real scans is the real image and anatomy, not the
@@ -42,7 +48,7 @@ plaque model.
 
     python benchmarks/cac_lesion_insertion.py [--trials 30] [--csv benchmarks/cac_lesion_insertion.csv]
                                               [--weights W.pt] [--seed 0] [--no-vessel] [--phantoms N] [--large]
-                                              [--aortic-wall N]
+                                              [--aortic-wall N] [--outside N]
 """
 
 from __future__ import annotations
@@ -66,7 +72,7 @@ from medhub.metrics.bootstrap import bootstrap_ci
 from medhub.models.cac.candidates import AortaTrack
 from medhub.models.cac.model import CAC, CALCIUM_LABEL
 from medhub.models.cac.train import insertion_sites
-from medhub.models.cac.train_classifier import aortic_wall_sites
+from medhub.models.cac.train_classifier import aortic_wall_sites, outside_pericardium_sites
 from medhub.synth.cac_phantom import (
     LARGE_PLAQUE_AREA_MM2,
     LARGE_PLAQUE_LENGTH_MM,
@@ -78,7 +84,6 @@ from medhub.synth.plaque_insertion import (
     PLAQUES_PER_TRIAL,
     SITE_CLEAR_MM,
     SITE_LUNG_CLEAR_MM,
-    Insertion,
     analytic_agatston,
     insert_plaques,
     pick_sites,
@@ -111,25 +116,40 @@ def phantom_case(seed: int) -> tuple[Volume, np.ndarray]:
 
 def nearest_candidate(prediction, affine: np.ndarray, site: np.ndarray, spacing: tuple[float, ...],
                       within_mm: float = 6.0) -> dict:
-    """The classifier's probability and kind for the candidate nearest the plaque's site (within ``within_mm``);
-    empty on the network path or when no candidate lies there."""
+    """The classifier's probability and kind for the candidate nearest the plaque's site (within ``within_mm``), and
+    its depth in our heart mask (mm, negative outside); empty on the network path or when no candidate lies there."""
     rows = prediction.tables["lesions"].rows if "lesions" in prediction.tables else []
+    none = {"p_coronary": None, "kind": None, "candidate_heart_depth_mm": None}
     if not rows or "p_coronary" not in rows[0]:
-        return {"p_coronary": None, "kind": None}
+        return none
     point = (np.asarray(affine) @ np.r_[site, 1.0])[:3]
     centres = np.array([[r["centroid_x_mm"], r["centroid_y_mm"], r["centroid_z_mm"]] for r in rows])
     distance = np.linalg.norm(centres - point, axis=1)
     best = int(np.argmin(distance))
     if distance[best] > within_mm + max(spacing):
-        return {"p_coronary": None, "kind": None}
-    return {"p_coronary": rows[best]["p_coronary"], "kind": rows[best]["kind"]}
+        return none
+    return {"p_coronary": rows[best]["p_coronary"], "kind": rows[best]["kind"],
+            "candidate_heart_depth_mm": rows[best]["heart_depth_mm"]}
+
+
+#: Distractors: calcium where no coronary runs, inserted (bare, the plaques' own draw) on top of the coronary
+#: plaques, each kind from its own generator so that the coronary plaques stay those drawn without it.
+DISTRACTORS = ("aortic wall", "outside heart")
+
+
+def distractor_sites(kind: str, hu: np.ndarray, labels: np.ndarray, spacing: tuple[float, ...]) -> np.ndarray:
+    """Where a distractor of ``kind`` (:data:`DISTRACTORS`) may go on a scan with DeepCAC's ``labels``."""
+    if kind == "aortic wall":
+        return aortic_wall_sites(hu, labels == HEART, spacing)
+    return outside_pericardium_sites(hu, labels == HEART, (hu >= 130) | (labels == CALCIUM), spacing)
 
 
 def run_trials(case: str, volume: Volume, labels: np.ndarray, trials: int, model: CAC, rng: np.random.Generator,
-               vessel: bool = True, large: bool = False, aortic_wall: int = 0,
-               wall_rng: np.random.Generator | None = None) -> tuple[list[dict], list[dict], list[dict]]:
-    """Rows per coronary plaque, per trial and per aortic wall calcification (``aortic_wall`` a trial, drawn
-    from ``wall_rng``, which it then needs, so that the coronary plaques stay those drawn without them)."""
+               vessel: bool = True, large: bool = False,
+               distractors: dict[str, tuple[int, np.random.Generator]] | None = None
+               ) -> tuple[list[dict], list[dict], list[dict]]:
+    """Rows per coronary plaque, per trial and per distractor; ``distractors`` maps a kind of :data:`DISTRACTORS`
+    to how many a trial and the generator they are drawn from."""
     hu0, spacing = volume.array.astype(np.float32), volume.spacing
     convention = CAC.convention
     own = score_calcium(hu0, spacing, labels == CALCIUM, convention).agatston
@@ -138,20 +158,22 @@ def run_trials(case: str, volume: Volume, labels: np.ndarray, trials: int, model
     sites = insertion_sites(hu0, labels == HEART, (hu0 >= 130) | (labels == CALCIUM), spacing,
                             clear_mm=SITE_CLEAR_MM, lung_clear_mm=SITE_LUNG_CLEAR_MM)
     depth_mm = ndi.distance_transform_edt(labels == HEART, sampling=spacing)
-    wall_sites = aortic_wall_sites(hu0, labels == HEART, spacing) if aortic_wall else None
+    outside_mm = ndi.distance_transform_edt(labels != HEART, sampling=spacing)
+    distractors = {kind: plan for kind, plan in (distractors or {}).items() if plan[0]}
+    places = {kind: distractor_sites(kind, hu0, labels, spacing) for kind in distractors}
     aorta = AortaTrack.of(hu0, labels == HEART, spacing)
-    plaque_rows, scan_rows, wall_rows = [], [], []
+    plaque_rows, scan_rows, distractor_rows = [], [], []
     for trial in range(trials):
         chosen = pick_sites(sites, spacing, PLAQUES_PER_TRIAL, MIN_APART_MM, rng)
         inserted = insert_plaques(hu0, spacing, chosen, rng, vessel=vessel, large=large)
         hu, plaques, footprints = inserted.hu, inserted.plaques, inserted.footprints
-        if aortic_wall:
-            wall = insert_plaques(hu, spacing, pick_sites(wall_sites, spacing, aortic_wall, MIN_APART_MM / 2,
-                                                          wall_rng), wall_rng, vessel=False,
-                                  large=bool(wall_rng.random() < 0.25))
-            hu = wall.hu
-        else:
-            wall = Insertion(hu)
+        added = []
+        for kind, (count, kind_rng) in distractors.items():
+            distractor = insert_plaques(hu, spacing, pick_sites(places[kind], spacing, count, MIN_APART_MM / 2,
+                                                                kind_rng), kind_rng, vessel=False,
+                                        large=bool(kind_rng.random() < 0.25))
+            hu = distractor.hu
+            added.append((kind, distractor))
         start = time.perf_counter()
         prediction = model.predict(Volume(hu, volume.affine, modality="CT"))
         seconds = time.perf_counter() - start
@@ -175,13 +197,16 @@ def run_trials(case: str, volume: Volume, labels: np.ndarray, trials: int, model
                                 "detected": bool(ceiling_mask.any() and covered >= 0.5),
                                 "counted": bool((found & ceiling_mask).any()),
                                 "aorta_distance_mm": round(aorta.distance_mm(site, spacing), 1), **judged})
-        for site, plaque, footprint in zip(wall.sites, wall.plaques, wall.footprints, strict=True):
-            wall_rows.append({"case": case, "trial": trial, "site": list(map(int, site)),
-                              **{k: round(v, 2) for k, v in plaque.items()},
-                              "visible": bool((footprint & (hu >= convention.threshold_hu)).any()),
-                              "counted": bool((found & ndi.binary_dilation(footprint)).any()),
-                              "aorta_distance_mm": round(aorta.distance_mm(site, spacing), 1),
-                              **nearest_candidate(prediction, volume.affine, site, spacing)})
+        for kind, distractor in added:
+            for site, plaque, footprint in zip(distractor.sites, distractor.plaques, distractor.footprints,
+                                               strict=True):
+                distractor_rows.append({"case": case, "trial": trial, "distractor": kind, "site": list(map(int, site)),
+                                        **{k: round(v, 2) for k, v in plaque.items()},
+                                        "visible": bool((footprint & (hu >= convention.threshold_hu)).any()),
+                                        "counted": bool((found & ndi.binary_dilation(footprint)).any()),
+                                        "outside_heart_mm": round(float(outside_mm[tuple(site)]), 1),
+                                        "aorta_distance_mm": round(aorta.distance_mm(site, spacing), 1),
+                                        **nearest_candidate(prediction, volume.affine, site, spacing)})
         inserted = np.logical_or.reduce([ndi.binary_dilation(fp, iterations=1) for fp in footprints])
         elsewhere = found & ~inserted & ~own_region
         lesions, n_lesions = ndi.label(found, structure=np.ones((3, 3, 3), bool))
@@ -198,7 +223,7 @@ def run_trials(case: str, volume: Volume, labels: np.ndarray, trials: int, model
               f"naive {naive:7.1f}  plaques detected "
               f"{sum(r['detected'] for r in plaque_rows[-len(chosen):])}/"
               f"{sum(r['visible'] for r in plaque_rows[-len(chosen):])} visible", flush=True)
-    return plaque_rows, scan_rows, wall_rows
+    return plaque_rows, scan_rows, distractor_rows
 
 
 #: The issue's agreement with a real case's 3 mm reference: within this factor either way (0 only for 0).
@@ -231,20 +256,25 @@ def main() -> None:
     parser.add_argument("--aortic-wall", type=int, default=0,
                         help="also insert this many calcifications a trial into the wall of the descending aorta "
                              "where it passes the heart (any of them scored is false calcium)")
+    parser.add_argument("--outside", type=int, default=0,
+                        help="also insert this many calcifications a trial 6-21 mm outside the heart mask, where no "
+                             "coronary runs (any of them scored is false calcium)")
     parser.add_argument("--phantoms", type=int, default=0,
                         help="also insert into this many validation phantoms resampled to 3 mm, for comparison")
     args = parser.parse_args()
     rng = np.random.default_rng(args.seed)
-    wall_rng = np.random.default_rng([args.seed, 0xA0A7])
-    plaques, scans, walls = [], [], []
+    # each kind of distractor from its own generator (the aortic wall's as before there were others)
+    distractors = {"aortic wall": (args.aortic_wall, np.random.default_rng([args.seed, 0xA0A7])),
+                   "outside heart": (args.outside, np.random.default_rng([args.seed, 0x0075]))}
+    plaques, scans, extras = [], [], []
     for case in CASES:
         classifier = None if args.classifier_dir is None else args.classifier_dir / f"without_{case}.txt"
         model = trial_model(args.method, args.weights, classifier)
-        p, s, w = run_trials(case, *lidc_case(case), args.trials, model, rng, not args.no_vessel, args.large,
-                             args.aortic_wall, wall_rng)
+        p, s, d = run_trials(case, *lidc_case(case), args.trials, model, rng, not args.no_vessel, args.large,
+                             distractors)
         plaques += p
         scans += s
-        walls += w
+        extras += d
     phantom_plaques = []
     for seed in range(VALIDATION_FIRST_SEED, VALIDATION_FIRST_SEED + args.phantoms):
         phantom_plaques += run_trials(f"phantom {seed}", *phantom_case(seed), args.trials,
@@ -252,8 +282,9 @@ def main() -> None:
                                       not args.no_vessel, args.large)[0]
     write_csv(args.csv, plaques + phantom_plaques)
     write_csv(args.csv.with_name(f"{args.csv.stem}_scans.csv"), scans)
-    if walls:
-        write_csv(args.csv.with_name(f"{args.csv.stem}_aortic_wall.csv"), walls)
+    for kind in DISTRACTORS:
+        if rows := [r for r in extras if r["distractor"] == kind]:
+            write_csv(args.csv.with_name(f"{args.csv.stem}_{kind.replace(' ', '_')}.csv"), rows)
     visible = [r for r in plaques if r["visible"]]
     print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
           f"{len(plaques)} plaques in {len(scans)} trials on LIDC {', '.join(CASES)} (seed {args.seed})")
@@ -307,16 +338,24 @@ def main() -> None:
     ratio = f"{ours / naive:.2f}×" if naive else "unbounded (naive has none within tolerance)"
     print(f"ratio (medhub / naive) of scans within tolerance: {ratio}")
     print(f"median seconds per scan (model): {np.median([r['seconds'] for r in scans]):.2f}")
-    wall_visible = [r for r in walls if r["visible"]]
-    if wall_visible:
-        judged = [r for r in wall_visible if r["kind"] is not None]
+    for kind in DISTRACTORS:
+        rows = [r for r in extras if r["distractor"] == kind and r["visible"]]
+        if not rows:
+            continue
+        judged = [r for r in rows if r["kind"] is not None]
         kinds = {k: sum(r["kind"] == k for r in judged) for k in sorted({r["kind"] for r in judged})}
-        print(f"aortic wall calcifications (visible {len(wall_visible)}/{len(walls)}): candidates {len(judged)}, "
-              f"judged {kinds}; counted as coronary {sum(r['counted'] for r in wall_visible)}")
-        near = [r["aorta_distance_mm"] for r in judged]
-        far = [r["aorta_distance_mm"] for r in visible if np.isfinite(r["aorta_distance_mm"])]
-        print(f"distance to the descending aorta's wall (mm): wall candidates {min(near):.1f} to {max(near):.1f}; "
-              f"coronary plaques {min(far):.1f} or more")
+        print(f"{kind} calcifications (visible {len(rows)}/{sum(r['distractor'] == kind for r in extras)}): "
+              f"candidates {len(judged)}, judged {kinds}; counted as coronary {sum(r['counted'] for r in rows)}")
+        if kind == "aortic wall" and judged:
+            near = [r["aorta_distance_mm"] for r in judged]
+            far = [r["aorta_distance_mm"] for r in visible if np.isfinite(r["aorta_distance_mm"])]
+            print(f"distance to the descending aorta's wall (mm): wall candidates {min(near):.1f} to "
+                  f"{max(near):.1f}; coronary plaques {min(far):.1f} or more")
+        if kind == "outside heart" and judged:
+            counted = [r["outside_heart_mm"] for r in rows if r["counted"]]
+            print(f"  outside DeepCAC's heart mask (mm): candidates {min(r['outside_heart_mm'] for r in judged):.1f}"
+                  f" to {max(r['outside_heart_mm'] for r in judged):.1f}; counted as coronary: "
+                  f"{', '.join(f'{d:.1f}' for d in sorted(counted)) or 'none'}")
     phantom_visible = [r for r in phantom_plaques if r["visible"]]
     if phantom_visible:
         print(f"the same insertion in {args.phantoms} validation phantoms at 3 mm: detected "
