@@ -351,11 +351,13 @@ def main() -> None:
             far = [r["aorta_distance_mm"] for r in visible if np.isfinite(r["aorta_distance_mm"])]
             print(f"distance to the descending aorta's wall (mm): wall candidates {min(near):.1f} to "
                   f"{max(near):.1f}; coronary plaques {min(far):.1f} or more")
-        if kind == "outside heart" and judged:
-            counted = [r["outside_heart_mm"] for r in rows if r["counted"]]
-            print(f"  outside DeepCAC's heart mask (mm): candidates {min(r['outside_heart_mm'] for r in judged):.1f}"
-                  f" to {max(r['outside_heart_mm'] for r in judged):.1f}; counted as coronary: "
-                  f"{', '.join(f'{d:.1f}' for d in sorted(counted)) or 'none'}")
+        counted = [r for r in rows if r["counted"]]
+        if kind == "outside heart" and counted:
+            outside = [r["outside_heart_mm"] for r in counted]
+            inside_ours = sum(r["candidate_heart_depth_mm"] is not None and r["candidate_heart_depth_mm"] >= 0
+                              for r in counted)
+            print(f"  those counted lie {min(outside):.1f}-{max(outside):.1f} mm outside DeepCAC's heart mask (median "
+                  f"{np.median(outside):.1f}); {inside_ours} of {len(counted)} inside our own heart mask")
     phantom_visible = [r for r in phantom_plaques if r["visible"]]
     if phantom_visible:
         print(f"the same insertion in {args.phantoms} validation phantoms at 3 mm: detected "
