@@ -199,3 +199,40 @@ def test_held_out_phantoms(index):
     res = segment_heart(phantom.hu, vol.spacing, vol.direction)
     assert res.found, res.reason
     assert dice(res.mask, phantom.heart_mask) >= 0.8
+
+
+# ------------------------------------------------------------------------------- the heart below the liver junction
+@needs_lidc
+def test_soft_tissue_rule_leaves_out_the_liver_dome():
+    """On 0187 the cap under the liver junction reaches into the liver dome; following the heart's own soft tissue
+    down leaves it out (benchmarks/cac_heart_mask.py), and the slices above the junction stay as they are."""
+    vol, ref = _case("0187")
+    cap = _result("0187")
+    soft = segment_heart(vol.array, vol.spacing, vol.direction, inferior="soft-tissue")
+    assert soft.found and soft.info["inferior_rule"] == "soft-tissue"
+    assert soft.info["join_slice"] == cap.info["join_slice"]
+    assert dice(soft.mask, ref) > dice(cap.mask, ref) + 0.005
+    outside_ref_cap, outside_ref_soft = (cap.mask & ~ref).sum(), (soft.mask & ~ref).sum()
+    assert outside_ref_soft < 0.8 * outside_ref_cap
+    with pytest.raises(ValueError, match="inferior"):
+        segment_heart(vol.array, vol.spacing, vol.direction, inferior="guess")
+
+
+def test_soft_tissue_rule_keeps_the_phantom_apex():
+    """A phantom's heart reaches well below its liver junction; the soft-tissue rule follows it there, where the
+    cap stops short."""
+    from medhub.io.volume import Volume
+    from medhub.synth.cac_phantom import make_cac_phantom, random_phantom_params
+
+    params = random_phantom_params(7002)
+    params.update(shape=(round(params["shape"][0] * params["spacing"][0] / 3.0), 240, 240), spacing=(3.0, 1.5, 1.5),
+                  slice_thickness_mm=3.0, contrast=False)
+    phantom = make_cac_phantom(**params)
+    vol = Volume(array=phantom.hu, affine=phantom.affine, modality="CT")
+    truth_bottom = np.nonzero(phantom.heart_mask.any(axis=(1, 2)))[0].min()  # axis 0 runs from the feet up here
+    bottoms = {}
+    for rule in ("cap", "soft-tissue"):
+        res = segment_heart(phantom.hu, vol.spacing, vol.direction, inferior=rule)
+        assert res.found, res.reason
+        bottoms[rule] = np.nonzero(res.mask.any(axis=(1, 2)))[0].min()
+    assert bottoms["soft-tissue"] - truth_bottom <= 1 < bottoms["cap"] - truth_bottom

@@ -31,7 +31,11 @@ Method, on a canonical working grid of about 3 mm (axis 0 head, 1 posterior, 2 p
    spleen/stomach under the left dome) joins it: then its right or left edge jumps outwards by more than
    24 mm under the lung base. The slice above that jump is the last one taken as is (fallback rule: the slice of
    least area after the widest one, when the area then grows by 25 %). Below it the heart is an ellipsoidal cap
-   of height 18 mm over that slice's cross-section (area falling as ``1 - (d / 18 mm)^2``).
+   of height 18 mm over that slice's cross-section (area falling as ``1 - (d / 18 mm)^2``). The alternative rule
+   ``inferior="soft-tissue"`` (not the default yet: the candidate classifier was trained on the cap's masks) follows
+   the heart down instead: each slice below the junction keeps the soft tissue (> -30 HU) whose 2D components lie
+   mostly under the heart of the slice above, as a convex hull grown by one voxel of epicardial fat within it; the
+   liver, which reaches out from under the heart and is parted from it by fat, is left out.
 6. Each slice of the heart is replaced by its convex hull (inside the mediastinum), holes are filled, and the
    mask is brought back to the input grid by linear interpolation of the block mask (bounding box only).
 
@@ -66,6 +70,11 @@ JOIN_GROWTH = 1.25  # fallback rule: the block grows by this factor over its lea
 DIP_SHARE = 0.97  # fallback rule: the area must have dipped below this share of the peak first
 CAP_MM = 18.0  # height of the ellipsoidal cap below the liver junction
 MIN_HEART_ML = 150.0  # a smaller block is not reported as a heart
+#: Rules for the heart below the liver junction (step 5): "cap", or "soft-tissue" (followed down slice by slice).
+INFERIOR_RULES = ("cap", "soft-tissue")
+BELOW_JUNCTION_MM = 36.0  # "soft-tissue": how far below the junction slice the heart is followed at most
+HEART_SOFT_HU = -30.0  # "soft-tissue": chambers and myocardium, not fat
+MOSTLY_UNDER = 0.6  # "soft-tissue": a component this much under the heart of the slice above is heart
 CONTRAST_BLOOD_HU = 150.0
 MAX_SPECK_VOX = 3  # holes of at most this many working voxels in the candidate tissue are noise, filled
 
@@ -160,10 +169,11 @@ def _carina_slice(airway: np.ndarray, spacing) -> int | None:
 
 
 def _heart_canonical(
-    hu: np.ndarray, sp: tuple[float, float, float], lungs: np.ndarray, body: np.ndarray | None = None
+    hu: np.ndarray, sp: tuple[float, float, float], lungs: np.ndarray, body: np.ndarray | None = None,
+    inferior: str = "cap",
 ) -> tuple[np.ndarray | None, str, dict[str, Any]]:
     """Heart mask on the canonical working grid, or ``(None, reason, info)``; ``body`` is
-    :func:`body_mask` of ``hu`` when the caller has it."""
+    :func:`body_mask` of ``hu`` when the caller has it; ``inferior`` one of :data:`INFERIOR_RULES`."""
     info: dict[str, Any] = {}
     vox_ml = float(np.prod(sp)) / 1000.0
     right, left = lungs == 1, lungs == 2
@@ -227,6 +237,9 @@ def _heart_canonical(
     block = lab == int(sizes.argmax())
     info["block_ml"] = round(float(block.sum() * vox_ml), 1)
     heart, bottom = _cut_liver(block, sp, z_top_i, info)
+    info["inferior_rule"] = inferior
+    if inferior == "soft-tissue" and info.get("liver_found"):
+        heart, bottom = _follow_soft_tissue(heart, block, hu, cavity, sp, info["join_slice"])
     info["bottom_slice"] = bottom
     heart = _hull_per_slice(heart) & cavity & (hu < TISSUE_HU[1])
     return heart, "", info
@@ -292,6 +305,38 @@ def _cut_liver(block: np.ndarray, sp, z_top: int, info: dict[str, Any]) -> tuple
         heart[z] = foot & (dist >= thr) & block[z]
         if heart[z].any():
             bottom = z
+    return heart, bottom
+
+
+def _follow_soft_tissue(heart: np.ndarray, block: np.ndarray, hu: np.ndarray, cavity: np.ndarray, sp,
+                        z_join: int) -> tuple[np.ndarray, int]:
+    """The heart below the junction slice ``z_join`` by the "soft-tissue" rule (module docstring, step 5).
+
+    Walking down, a 2D component of soft tissue (> :data:`HEART_SOFT_HU`) is heart when at least
+    :data:`MOSTLY_UNDER` of it lies under the heart of the slice above; the liver and the stomach reach out from
+    under it. The slice's heart is the convex hull of those parts, grown by one voxel (the epicardial fat round
+    them), all within the heart above: the heart narrows towards its diaphragmatic surface. The walk stops where no
+    such tissue is left or :data:`BELOW_JUNCTION_MM` below the junction.
+    """
+    from skimage.morphology import convex_hull_image
+
+    heart = heart.copy()
+    heart[:z_join] = False
+    above = block[z_join]
+    bottom = z_join
+    for k in range(1, int(BELOW_JUNCTION_MM / sp[0]) + 1):
+        z = z_join - k
+        if z < 0:
+            break
+        parts, n = ndi.label((hu[z] > HEART_SOFT_HU) & cavity[z])
+        under = np.bincount(parts[above], minlength=n + 1)
+        mostly_under = under >= MOSTLY_UNDER * np.bincount(parts.ravel(), minlength=n + 1)
+        mostly_under[0] = False
+        core = mostly_under[parts] & above
+        if core.sum() < 4:
+            break
+        below = ndi.binary_dilation(convex_hull_image(core) & above) & above & cavity[z]
+        heart[z], bottom, above = below, z, below
     return heart, bottom
 
 
@@ -394,6 +439,7 @@ def segment_heart(
     spacing_mm: tuple[float, float, float],
     direction: np.ndarray,
     lungs: np.ndarray | None = None,
+    inferior: str = "cap",
 ) -> HeartResult:
     """Find and segment the heart on a (non-contrast) chest CT.
 
@@ -407,6 +453,8 @@ def segment_heart(
         3x3 matrix, column ``a`` = LPS unit direction of array axis ``a`` (``Volume.direction``).
     lungs:
         Optional lung-ct label map on the same grid (1 right, 2 left); computed when not given.
+    inferior:
+        How the heart below the liver junction is found (:data:`INFERIOR_RULES`, module docstring step 5).
 
     Returns
     -------
@@ -414,6 +462,8 @@ def segment_heart(
     mediastinum between them, or too small a heart-shaped block. ``coverage`` says whether the scan cuts the
     heart (``"partial-top"``/``"partial-bottom"``).
     """
+    if inferior not in INFERIOR_RULES:
+        raise ValueError(f"inferior must be one of {INFERIOR_RULES}, not {inferior!r}")
     hu = np.asarray(hu)
     tr = canonical_transform(direction)
     can = apply_canonical(hu, tr)
@@ -433,7 +483,7 @@ def segment_heart(
         ]
         pad = [(0, a - b) for a, b in zip(low.shape, lungs_low.shape, strict=True)]
         lungs_low = np.pad(lungs_low, pad)
-    heart_low, reason, more = _heart_canonical(low, low_sp, lungs_low, body=body_low)
+    heart_low, reason, more = _heart_canonical(low, low_sp, lungs_low, body=body_low, inferior=inferior)
     info.update(more)
     if heart_low is None:
         return _not_found(reason, info)
