@@ -31,11 +31,12 @@ Method, on a canonical working grid of about 3 mm (axis 0 head, 1 posterior, 2 p
    spleen/stomach under the left dome) joins it: then its right or left edge jumps outwards by more than
    24 mm under the lung base. The slice above that jump is the last one taken as is (fallback rule: the slice of
    least area after the widest one, when the area then grows by 25 %). Below it the heart is an ellipsoidal cap
-   of height 18 mm over that slice's cross-section (area falling as ``1 - (d / 18 mm)^2``). The alternative rule
-   ``inferior="soft-tissue"`` (not the default yet: the candidate classifier was trained on the cap's masks) follows
-   the heart down instead: each slice below the junction keeps the soft tissue (> -30 HU) whose 2D components lie
-   mostly under the heart of the slice above, as a convex hull grown by one voxel of epicardial fat within it; the
-   liver, which reaches out from under the heart and is parted from it by fat, is left out.
+   of height 18 mm over that slice's cross-section (area falling as ``1 - (d / 18 mm)^2``) (``inferior="cap"``,
+   the rule until cac 0.12.0). The default since cac 0.13.0, ``inferior="soft-tissue"``, follows the heart down
+   instead: each slice below the junction keeps the soft tissue (> -30 HU) whose 2D components lie mostly under
+   the heart of the slice above, as a convex hull grown by one voxel of epicardial fat within it; the liver, which
+   reaches out from under the heart and is parted from it by fat, is left out. The cap reached into a real scan's
+   liver dome and stopped 10 mm short of the phantoms' apex (``benchmarks/cac_heart_mask.py``).
 6. Each slice of the heart is replaced by its convex hull (inside the mediastinum), holes are filled, and the
    mask is brought back to the input grid by linear interpolation of the block mask (bounding box only).
 
@@ -70,7 +71,8 @@ JOIN_GROWTH = 1.25  # fallback rule: the block grows by this factor over its lea
 DIP_SHARE = 0.97  # fallback rule: the area must have dipped below this share of the peak first
 CAP_MM = 18.0  # height of the ellipsoidal cap below the liver junction
 MIN_HEART_ML = 150.0  # a smaller block is not reported as a heart
-#: Rules for the heart below the liver junction (step 5): "cap", or "soft-tissue" (followed down slice by slice).
+#: Rules for the heart below the liver junction (step 5): "cap", or "soft-tissue" (followed down slice by slice; the
+#: default).
 INFERIOR_RULES = ("cap", "soft-tissue")
 BELOW_JUNCTION_MM = 36.0  # "soft-tissue": how far below the junction slice the heart is followed at most
 HEART_SOFT_HU = -30.0  # "soft-tissue": chambers and myocardium, not fat
@@ -170,7 +172,7 @@ def _carina_slice(airway: np.ndarray, spacing) -> int | None:
 
 def _heart_canonical(
     hu: np.ndarray, sp: tuple[float, float, float], lungs: np.ndarray, body: np.ndarray | None = None,
-    inferior: str = "cap",
+    inferior: str = "soft-tissue",
 ) -> tuple[np.ndarray | None, str, dict[str, Any]]:
     """Heart mask on the canonical working grid, or ``(None, reason, info)``; ``body`` is
     :func:`body_mask` of ``hu`` when the caller has it; ``inferior`` one of :data:`INFERIOR_RULES`."""
@@ -439,7 +441,7 @@ def segment_heart(
     spacing_mm: tuple[float, float, float],
     direction: np.ndarray,
     lungs: np.ndarray | None = None,
-    inferior: str = "cap",
+    inferior: str = "soft-tissue",
 ) -> HeartResult:
     """Find and segment the heart on a (non-contrast) chest CT.
 
