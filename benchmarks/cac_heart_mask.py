@@ -17,6 +17,9 @@ and the coronary calcium lesions (DeepCAC's calcium mask; the phantom's coronary
 our mask, by where: at our mask's bottom (its lowest 9 mm or below it), at its top (its highest 9 mm or above it),
 or beside it.
 
+Short fields of view: a calcium-scoring CT often starts near or below the carina, so the LIDC scans are also cut to
+start :data:`CROP_TOPS_MM` from their carina (positive: above it) and measured the same way (default rule only).
+
 Both rules for the heart below the liver junction (:data:`medhub.models.cac.heart.INFERIOR_RULES`) are measured:
 the shipped ellipsoidal cap and the soft-tissue rule that follows the heart down.
 
@@ -44,6 +47,8 @@ from medhub.models.cac.heart import INFERIOR_RULES, segment_heart
 LIDC = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "lidc_chest_ct"
 CASES = ("0187", "0987")
 FIRST_SEED = 7000
+#: Where the cut LIDC scans start, in mm from their carina (positive: above it).
+CROP_TOPS_MM = (30, 15, 6, 0, -9, -18)
 #: A lesion outside our mask this close (mm) to its bottom or top slice, or beyond it, is counted there.
 END_MM = 9.0
 
@@ -110,6 +115,24 @@ def lidc_rows() -> list[dict]:
     return rows
 
 
+def cropped_lidc_rows() -> list[dict]:
+    """The LIDC scans cut to start at :data:`CROP_TOPS_MM` from their carina, against DeepCAC's heart there."""
+    rows = []
+    for case in CASES:
+        volume, transform = canonical_volume(read_volume(LIDC / f"{case}_ct_3mm.nrrd"))
+        labels = apply_canonical(read_volume(LIDC / f"{case}_labels_3mm.nrrd").array, transform)
+        hu = volume.array.astype(np.float32)
+        carina = segment_heart(hu, volume.spacing, volume.direction).info["carina_slice"]
+        for top_mm in CROP_TOPS_MM:
+            top = carina + round(top_mm / volume.spacing[0]) + 1
+            heart = segment_heart(hu[:top], volume.spacing, volume.direction)
+            found = (relation(heart.mask, labels[:top] == 1, labels[:top] == 3, volume.spacing) if heart.found
+                     else {"dice": 0.0})
+            rows.append({"scan": f"lidc {case} from {top_mm:+d} mm", "grid": "3 mm", "rule": "soft-tissue",
+                         "found": heart.found, "top_rule": heart.info.get("top_rule"), **found})
+    return rows
+
+
 def phantom_rows(seed: int) -> list[dict]:
     from medhub.synth.cac_phantom import CORONARY_CALCIUM, make_cac_phantom, random_phantom_params
 
@@ -129,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     start = time.time()
     rows = lidc_rows() if LIDC.is_dir() else []
+    cropped = pd.DataFrame(cropped_lidc_rows() if LIDC.is_dir() else [])
     for seed in range(FIRST_SEED, FIRST_SEED + args.phantoms):
         rows += phantom_rows(seed)
     table = pd.DataFrame(rows)
@@ -147,9 +171,13 @@ def main(argv: list[str] | None = None) -> int:
               f"{part['extra_in_plane_mm'].mean():.1f} mm out in plane; coronary lesions mostly outside our mask "
               f"{int(outside.sum())} of {int(part['coronary_lesions'].sum())} (at the bottom "
               f"{outside['outside_below']}, at the top {outside['outside_above']}, beside {outside['outside_beside']})")
+    if len(cropped):
+        print(f"LIDC cut to start {min(CROP_TOPS_MM):+d}..{max(CROP_TOPS_MM):+d} mm from the carina "
+              f"({len(cropped)} scans): heart found in {int(cropped['found'].sum())}, Dice "
+              f"{cropped['dice'].min():.3f}-{cropped['dice'].max():.3f} (median {cropped['dice'].median():.3f})")
     print(f"{time.time() - start:.0f} s")
     if args.csv:
-        table.to_csv(args.csv, index=False)
+        pd.concat([table, cropped], ignore_index=True).to_csv(args.csv, index=False)
     return 0
 
 
