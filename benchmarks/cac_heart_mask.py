@@ -29,6 +29,7 @@ the shipped ellipsoidal cap and the soft-tissue rule that follows the heart down
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import sys
 import time
@@ -106,12 +107,18 @@ def rule_rows(volume: Volume, truth: np.ndarray, coronary: np.ndarray, scan: str
     return rows
 
 
+@functools.cache
+def lidc_case(case: str) -> tuple[Volume, np.ndarray]:
+    """A shared LIDC scan and DeepCAC's labels (1 heart, 3 coronary calcium), both canonical."""
+    volume, transform = canonical_volume(read_volume(LIDC / f"{case}_ct_3mm.nrrd"))
+    return volume, apply_canonical(read_volume(LIDC / f"{case}_labels_3mm.nrrd").array, transform)
+
+
 def lidc_rows() -> list[dict]:
     rows = []
     for case in CASES:
-        labels = read_volume(LIDC / f"{case}_labels_3mm.nrrd").array
-        rows += rule_rows(read_volume(LIDC / f"{case}_ct_3mm.nrrd"), labels == 1, labels == 3, f"lidc {case}",
-                          "3 mm")
+        volume, labels = lidc_case(case)
+        rows += rule_rows(volume, labels == 1, labels == 3, f"lidc {case}", "3 mm")
     return rows
 
 
@@ -119,8 +126,7 @@ def cropped_lidc_rows() -> list[dict]:
     """The LIDC scans cut to start at :data:`CROP_TOPS_MM` from their carina, against DeepCAC's heart there."""
     rows = []
     for case in CASES:
-        volume, transform = canonical_volume(read_volume(LIDC / f"{case}_ct_3mm.nrrd"))
-        labels = apply_canonical(read_volume(LIDC / f"{case}_labels_3mm.nrrd").array, transform)
+        volume, labels = lidc_case(case)
         hu = volume.array.astype(np.float32)
         carina = segment_heart(hu, volume.spacing, volume.direction).info["carina_slice"]
         for top_mm in CROP_TOPS_MM:
