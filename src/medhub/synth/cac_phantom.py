@@ -144,7 +144,9 @@ class OffsetGrid(Grid):
 def virtual_geometry() -> ChestGeometry:
     """Adult-sized chest geometry, independent of the grid (body about 306 mm wide, 223 mm deep)."""
     shape = tuple(int(e) for e in VIRTUAL_EXTENT_MM)
-    return ChestGeometry.for_grid(Grid(shape, (1.0, 1.0, 1.0)))  # type: ignore[arg-type]
+    # the carina seen where it is (cac 0.13.1): our heart top is measured from it, on patients and phantoms alike
+    geometry = ChestGeometry.for_grid(Grid(shape, (1.0, 1.0, 1.0)))  # type: ignore[arg-type]
+    return replace(geometry, carinal_ridge=True)
 
 
 # ------------------------------------------------------------------------------------------- heart geometry
@@ -1149,11 +1151,13 @@ def sternum_masks(grid: OffsetGrid, g: ChestGeometry) -> tuple[np.ndarray, np.nd
 def aorta_segments(g: ChestGeometry, root: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, float]]:
     """Ascending aorta, arch and descending aorta as tube segments (z, y, x mm; outer radius mm)."""
     top = g.z_carina + 30.0
+    # the arch runs in front of the trachea and past its left side, clear of it (cac 0.13.1; until then it cut
+    # through the trachea, which looked on CT as if the trachea ended about 2 cm above the carina)
     pts = [
         (root, 15.0),
         (np.array([top - 12.0, -18.0, -16.0]), 15.0),
-        (np.array([top, -5.0, -8.0]), 13.5),
-        (np.array([top + 2.0, 18.0, 10.0]), 12.5),
+        (np.array([top, -14.0, 2.0]), 13.5),
+        (np.array([top + 2.0, 2.0, 30.0]), 12.5),
         (np.array([top - 8.0, 44.0, 28.0]), 12.0),
         (np.array([g.z_carina - 30.0, 50.0, 30.0]), 11.5),
         (np.array([-1e3, 48.0, 26.0]), 11.0),

@@ -97,6 +97,11 @@ class ChestGeometry:
     airway_wall: float = 2.0
     diaphragm: float = 5.0  # thickness of the diaphragm between the lung bases and the abdominal organs
     junction_gap: float = 1.0  # pleural gap between the lungs at the anterior junction line
+    #: The trachea ends flat at ``z_carina`` and the main bronchi leave from either side of a carinal ridge, so the
+    #: airway is seen split from the carina down, as on real CT. Without it (the lung-ct phantoms' airway) the
+    #: trachea ends in a rounded cap and the bronchi leave from one point: the split is first seen about 11 mm
+    #: lower.
+    carinal_ridge: bool = False
 
     @classmethod
     def for_grid(cls, grid: Grid) -> ChestGeometry:
@@ -226,30 +231,50 @@ def lung_region(grid: Grid, g: ChestGeometry, side: int, exclude: np.ndarray | N
     return in_cavity & lateral & above & (z < g.z_apex) & ~organs & ~spine
 
 
+RIDGE_MM = 2.0  # soft tissue between the two main bronchi's lumens at the carina (``carinal_ridge``)
+CARINAL_FLARE_MM = (12.0, 2.0)  # ``carinal_ridge``: the trachea's last 12 mm widen by 2 mm to the bronchi's openings
+
+
 def airway_centerlines(g: ChestGeometry) -> dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]]:
     """Trachea and main-bronchus segments (z, y, x mm); the bronchi end just inside the lungs' medial border."""
     carina = (g.z_carina, g.trachea_y, 0.0)
     top = (1e4, g.trachea_y, 0.0)
     drop = 0.12 * (g.z_apex - g.z_recess)
     reach = g.mediastinum_half_width + 6.0
+    ridge = g.bronchus_radius + RIDGE_MM / 2.0 if g.carinal_ridge else 0.0
     return {
         "trachea": (top, carina),
-        "right_bronchus": (carina, (g.z_carina - drop, g.trachea_y + 5.0, -reach)),
-        "left_bronchus": (carina, (g.z_carina - 1.3 * drop, g.trachea_y + 5.0, reach)),
+        "right_bronchus": ((g.z_carina, g.trachea_y, -ridge), (g.z_carina - drop, g.trachea_y + 5.0, -reach)),
+        "left_bronchus": ((g.z_carina, g.trachea_y, ridge), (g.z_carina - 1.3 * drop, g.trachea_y + 5.0, reach)),
     }
 
 
 def airway_masks(grid: Grid, g: ChestGeometry) -> tuple[np.ndarray, np.ndarray]:
     """(outer incl. wall, lumen) of the trachea and both main bronchi."""
-    outer = np.zeros(grid.shape, bool)
-    lumen = np.zeros(grid.shape, bool)
+    segments = []  # (p0, p1, radius at p0, radius at p1)
     for name, (p0, p1) in airway_centerlines(g).items():
         r = g.trachea_radius if name == "trachea" else g.bronchus_radius
-        # keep the trachea's top inside the grid for the bounding box
-        if name == "trachea":
-            p0 = (grid.half_extent[0] + 5.0, p0[1], p0[2])
-        outer |= tube(grid, p0, p1, r + g.airway_wall)
-        lumen |= tube(grid, p0, p1, r)
+        if name != "trachea":
+            segments.append((p0, p1, r, r))
+            continue
+        p0 = (grid.half_extent[0] + 5.0, p0[1], p0[2])  # keep the trachea's top inside the grid for the bounding box
+        if g.carinal_ridge:  # the trachea widens over its last CARINAL_FLARE_MM to hold both bronchi's openings
+            flare = (p1[0] + CARINAL_FLARE_MM[0], p1[1], p1[2])
+            segments += [(p0, flare, r, r), (flare, p1, r, r + CARINAL_FLARE_MM[1])]
+        else:
+            segments.append((p0, p1, r, r))
+    outer = np.zeros(grid.shape, bool)
+    lumen = np.zeros(grid.shape, bool)
+    z = grid.coords()[0]
+    for p0, p1, r0, r1 in segments:
+        part_outer = tube(grid, p0, p1, r0 + g.airway_wall, r1 + g.airway_wall)
+        part_lumen = tube(grid, p0, p1, r0, r1)
+        if g.carinal_ridge:  # the trachea above the carina plane, the bronchi below it
+            side = z >= g.z_carina if p0[0] > g.z_carina else z <= g.z_carina
+            part_outer &= side
+            part_lumen &= side
+        outer |= part_outer
+        lumen |= part_lumen
     return outer, lumen
 
 

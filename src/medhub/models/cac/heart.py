@@ -30,7 +30,9 @@ Method, on a canonical working grid of about 3 mm (axis 0 head, 1 posterior, 2 p
 5. Liver: walking down from the top, the block is held between the lungs until the liver dome (or the
    spleen/stomach under the left dome) joins it: then its right or left edge jumps outwards by more than
    24 mm under the lung base. The slice above that jump is the last one taken as is (fallback rule: the slice of
-   least area after the widest one, when the area then grows by 25 %). Below it the heart is an ellipsoidal cap
+   least area after the widest one, when the area then grows by 25 %). Either rule passes over a junction with
+   less than a heart's volume (``MIN_HEART_ML``) of block above it: a scan that starts in the great vessels
+   without a carina narrows and widens where they enter the heart (cac 0.13.1). Below it the heart is an ellipsoidal cap
    of height 18 mm over that slice's cross-section (area falling as ``1 - (d / 18 mm)^2``) (``inferior="cap"``,
    the rule until cac 0.12.0). The default since cac 0.13.0, ``inferior="soft-tissue"``, follows the heart down
    instead: each slice below the junction keeps the soft tissue (> -30 HU) whose 2D components lie mostly under
@@ -117,19 +119,22 @@ def _ball_open(mask: np.ndarray, spacing, radius_mm: float) -> np.ndarray:
     return out
 
 
-def _extent_jump(block: np.ndarray, sp, z_guard: float) -> int | None:
+def _extent_jump(block: np.ndarray, sp, z_guard: float, above_ml: np.ndarray) -> int | None:
     """Last heart slice above the liver (or spleen/stomach) junction by the lateral-extent rule, or ``None``.
 
     In the heart's slices the block is held between the lungs; where the liver dome joins it, the block
     suddenly reaches far to the side under the lung base. The junction is the first slice (walking down) whose
-    right or left edge lies more than ``EXTENT_JUMP_MM`` beyond the widest edge of all slices above it.
+    right or left edge lies more than ``EXTENT_JUMP_MM`` beyond the widest edge of all slices above it, with at
+    least a heart's volume (``above_ml``, the block's volume from each slice up) above it: a scan that starts in
+    the great vessels widens as sharply where they enter the heart.
     """
     zs = np.nonzero(block.any(axis=(1, 2)))[0]
     lo_seen, hi_seen = np.inf, -np.inf
     for z in zs[::-1]:
         xs = np.nonzero(block[z].any(axis=0))[0]
         lo, hi = xs[0] * sp[2], xs[-1] * sp[2]
-        if z <= z_guard and np.isfinite(lo_seen) and (lo_seen - lo > EXTENT_JUMP_MM or hi - hi_seen > EXTENT_JUMP_MM):
+        jumped = np.isfinite(lo_seen) and (lo_seen - lo > EXTENT_JUMP_MM or hi - hi_seen > EXTENT_JUMP_MM)
+        if z <= z_guard and jumped and above_ml[z + 1] >= MIN_HEART_ML:
             return int(z + 1)
         lo_seen, hi_seen = min(lo_seen, lo), max(hi_seen, hi)
     return None
@@ -267,17 +272,25 @@ def _cut_liver(block: np.ndarray, sp, z_top: int, info: dict[str, Any]) -> tuple
     # the top of the heart (great vessels) is narrow and may wobble: no junction within MIN_HEART_TOP_MM of a
     # top that is the heart's own (the carina rule); any slice counts when the scan cuts the heart
     z_guard = int(zs[-1]) - (MIN_HEART_TOP_MM / sp[0] if info.get("top_rule") != "scan-top" else 0)
+    vox_ml = float(np.prod(sp)) / 1000.0
+    above_ml = np.cumsum(area[::-1])[::-1] * vox_ml  # block volume from each slice up
     for z in range(int(zs[-1]), -1, -1):
         a = area[z]
         if a > JOIN_GROWTH * amin and amin < DIP_SHARE * peak and z_join <= z_guard:
-            liver_found = True
-            break
+            if above_ml[z_join] >= MIN_HEART_ML:
+                liver_found = True
+                break
+            # a dip with less than a heart above it: the great vessels narrowing into the heart where the scan
+            # starts in the upper mediastinum (no carina, "scan-top"), not the liver; walk on
+            peak = amin = a
+            z_peak = z_join = z
+            continue
         if a >= peak:  # still growing
             peak = amin = a
             z_peak = z_join = z
         elif a < amin:
             amin, z_join = a, z
-    jump = _extent_jump(block, sp, z_guard)
+    jump = _extent_jump(block, sp, z_guard, above_ml)
     if jump is not None:  # the lateral-extent rule is the more reliable one
         z_join, liver_found = jump, True
         info["liver_rule"] = "lateral-extent"
