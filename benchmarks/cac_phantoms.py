@@ -93,8 +93,10 @@ def evaluate(n: int, psf_sigma_mm: tuple[float, float] = CLINICAL_PSF_SIGMA_MM, 
     :func:`~medhub.synth.cac_phantom.make_cac_phantom`)."""
     model = trial_model(method, weights, classifier)
     rows = []
-    if validation or first_seed in HELD_OUT_SEEDS:  # a slice of the held-out seeds, e.g. one per process
+    if validation:
         seeds = range(first_seed, first_seed + n)
+    elif first_seed in HELD_OUT_SEEDS:  # a slice of the held-out seeds, e.g. one per process
+        seeds = range(first_seed, min(first_seed + n, HELD_OUT_SEEDS[-1] + 1))
     else:
         seeds = list(HELD_OUT_SEEDS)[:n]
     for seed in seeds:
