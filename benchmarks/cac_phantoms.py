@@ -44,10 +44,10 @@ import numpy as np
 
 from medhub.cac.scoring import ScoringConvention, risk_category, score_calcium
 from medhub.errors import MedhubError
-from medhub.hub.verify import dice
 from medhub.io.nifti import resample_isotropic
 from medhub.io.records import write_csv
 from medhub.io.volume import Volume
+from medhub.metrics.segmentation import dice
 from medhub.models.cac.heart import heart_region
 from medhub.models.cac.model import CAC
 from medhub.synth.cac_phantom import (

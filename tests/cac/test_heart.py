@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from medhub.hub.verify import dice
+from medhub.metrics.segmentation import dice
 from medhub.models.cac.heart import (
     HeartResult,
     blood_pool_hu,

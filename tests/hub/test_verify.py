@@ -6,7 +6,7 @@ import pytest
 
 from medhub.errors import VerificationError
 from medhub.hub.registry import get_model
-from medhub.hub.verify import dice, verify_model
+from medhub.hub.verify import verify_model
 from medhub.models.lung_ct import LungCT
 from tests.conftest import run_cli
 
@@ -47,16 +47,6 @@ def test_verify_without_reference_data_is_an_error(tmp_path):
     shutil.rmtree(model.folder / "reference" / "expected")
     with pytest.raises(VerificationError):
         verify_model(model)
-
-
-def test_dice():
-    import numpy as np
-
-    a = np.zeros((4, 4), bool)
-    b = a.copy()
-    assert dice(a, b) == 1.0
-    a[0, :2] = b[0, 1:3] = True
-    assert dice(a, b) == pytest.approx(0.5)
 
 
 def test_cli_verify_all_prints_a_table():

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from medhub.hub.card import load_card
-from medhub.hub.verify import dice
 from medhub.io.orientation import reoriented, undo_canonical
 from medhub.io.volume import Volume
+from medhub.metrics.segmentation import dice
 from medhub.models.lung_ct import LungCT
 from medhub.models.lung_ct.segment import segment_lungs
 from medhub.synth.chest import make_chest_phantom

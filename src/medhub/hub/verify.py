@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pydicom
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -28,6 +27,7 @@ from medhub.hub.model import Model
 from medhub.hub.registry import get_model
 from medhub.hub.runner import check_model_runnable, run
 from medhub.io import records
+from medhub.metrics.segmentation import dice
 
 
 class ValueTolerance(BaseModel):
@@ -71,12 +71,6 @@ class VerifyReport:
     @property
     def passed(self) -> bool:
         return bool(self.checks) and all(c.passed for c in self.checks)
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice overlap of two boolean masks; 1.0 when both are empty."""
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
 
 
 def load_tolerances(path: Path) -> Tolerances:
