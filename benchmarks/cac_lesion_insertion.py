@@ -47,7 +47,7 @@ in for DeepCAC's): what is left of the gap between them and the real scans is th
 plaque model.
 
     python benchmarks/cac_lesion_insertion.py [--trials 30] [--csv benchmarks/cac_lesion_insertion.csv]
-                                              [--weights W.pt] [--seed 0] [--no-vessel] [--phantoms N] [--large]
+                                              [--classifier-dir D] [--seed 0] [--no-vessel] [--phantoms N] [--large]
                                               [--aortic-wall N] [--outside N]
 """
 
@@ -71,7 +71,6 @@ from medhub.masks import dilate_mm
 from medhub.metrics.bootstrap import bootstrap_ci
 from medhub.models.cac.candidates import AortaTrack
 from medhub.models.cac.model import CAC, CALCIUM_LABEL
-from medhub.models.cac.train import insertion_sites
 from medhub.models.cac.train_classifier import aortic_wall_sites, outside_pericardium_sites
 from medhub.synth.cac_phantom import (
     LARGE_PLAQUE_AREA_MM2,
@@ -86,6 +85,7 @@ from medhub.synth.plaque_insertion import (
     SITE_LUNG_CLEAR_MM,
     analytic_agatston,
     insert_plaques,
+    insertion_sites,
     pick_sites,
 )
 
@@ -117,7 +117,7 @@ def phantom_case(seed: int) -> tuple[Volume, np.ndarray]:
 def nearest_candidate(prediction, affine: np.ndarray, site: np.ndarray, spacing: tuple[float, ...],
                       within_mm: float = 6.0) -> dict:
     """The classifier's probability and kind for the candidate nearest the plaque's site (within ``within_mm``), and
-    its depth in our heart mask (mm, negative outside); empty on the network path or when no candidate lies there."""
+    its depth in our heart mask (mm, negative outside); empty when no candidate lies there."""
     rows = prediction.tables["lesions"].rows if "lesions" in prediction.tables else []
     none = {"p_coronary": None, "kind": None, "candidate_heart_depth_mm": None}
     if not rows or "p_coronary" not in rows[0]:
@@ -241,9 +241,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--trials", type=int, default=30, help="trials per case (three plaques each)")
     parser.add_argument("--csv", type=Path, default=Path(__file__).with_name("cac_lesion_insertion.csv"))
-    parser.add_argument("--weights", type=Path, default=None, help="lesion-network weights to try instead")
-    parser.add_argument("--method", choices=("candidates", "network"), default="candidates",
-                        help="the candidate classifier (default) or the 0.x lesion network")
     parser.add_argument("--classifier-dir", type=Path, default=None,
                         help="a folder of classifiers trained without each scan (without_<case>.txt, from "
                              "`medhub cac train-classifier --leave-out-lidc`): each scan is judged by the one "
@@ -269,7 +266,7 @@ def main() -> None:
     plaques, scans, extras = [], [], []
     for case in CASES:
         classifier = None if args.classifier_dir is None else args.classifier_dir / f"without_{case}.txt"
-        model = trial_model(args.method, args.weights, classifier)
+        model = trial_model(classifier)
         p, s, d = run_trials(case, *lidc_case(case), args.trials, model, rng, not args.no_vessel, args.large,
                              distractors)
         plaques += p
@@ -278,7 +275,7 @@ def main() -> None:
     phantom_plaques = []
     for seed in range(VALIDATION_FIRST_SEED, VALIDATION_FIRST_SEED + args.phantoms):
         phantom_plaques += run_trials(f"phantom {seed}", *phantom_case(seed), args.trials,
-                                      trial_model(args.method, args.weights, None), rng,
+                                      trial_model(None), rng,
                                       not args.no_vessel, args.large)[0]
     write_csv(args.csv, plaques + phantom_plaques)
     write_csv(args.csv.with_name(f"{args.csv.stem}_scans.csv"), scans)

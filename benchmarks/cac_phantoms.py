@@ -73,25 +73,20 @@ def within_tolerance(score: float, truth: float) -> bool:
 VALIDATION_FIRST_SEED = 5000
 
 
-def trial_model(method: str, weights: Path | None, classifier: Path | None) -> CAC:
-    """``cac`` with its lesion method, and another network's weights or classifier when given."""
-    overrides: dict = {"lesion_method": method}
-    if weights is not None:
-        overrides["weights_path"] = Path(weights)
-    if classifier is not None:
-        overrides["classifier_path"] = Path(classifier)
+def trial_model(classifier: Path | None) -> CAC:
+    """``cac``, with another candidate classifier when given."""
+    overrides = {} if classifier is None else {"classifier_path": Path(classifier)}
     return type("TrialCAC", (CAC,), overrides)()
 
 
 def evaluate(n: int, psf_sigma_mm: tuple[float, float] = CLINICAL_PSF_SIGMA_MM, validation: bool = False,
-             grid_mm: float | None = None, imaged_truth: bool = False, weights: Path | None = None,
+             grid_mm: float | None = None, imaged_truth: bool = False,
              no_calcium: bool = False, first_seed: int = VALIDATION_FIRST_SEED,
-             variants: dict[str, bool] | None = None, method: str = "candidates",
-             classifier: Path | None = None) -> list[dict]:
+             variants: dict[str, bool] | None = None, classifier: Path | None = None) -> list[dict]:
     """Run the model on ``n`` phantoms and return one row per phantom. ``variants``: phantom options that depart
     from the standard phantom (``coronary_variation``, ``base_fat``, ``large_plaques`` of
     :func:`~medhub.synth.cac_phantom.make_cac_phantom`)."""
-    model = trial_model(method, weights, classifier)
+    model = trial_model(classifier)
     rows = []
     if validation:
         seeds = range(first_seed, first_seed + n)
@@ -182,10 +177,6 @@ def main() -> None:
     parser.add_argument("--no-calcium", action="store_true",
                         help="no coronary plaques and no contrast (distractors, stents and noise as drawn): "
                              "measures false scores")
-    parser.add_argument("--weights", type=Path, default=None,
-                        help="lesion-network weights to try instead of the shipped ones (e.g. from medhub cac train)")
-    parser.add_argument("--method", choices=("candidates", "network"), default="candidates",
-                        help="the candidate classifier (default) or the 0.x lesion network")
     parser.add_argument("--classifier", type=Path, default=None, help="a candidate classifier to try instead")
     parser.add_argument("--coronary-variation", action="store_true",
                         help="coronaries whose course, groove depth and branches vary with the seed")
@@ -196,9 +187,9 @@ def main() -> None:
                         "others".format(*LARGE_PLAQUE_LENGTH_MM, *LARGE_PLAQUE_AREA_MM2))
     args = parser.parse_args()
     rows = evaluate(args.n, STRESS_PSF_SIGMA_MM if args.stress else CLINICAL_PSF_SIGMA_MM, args.validation,
-                    args.grid_mm, args.imaged_truth, args.weights, args.no_calcium, args.first_seed,
+                    args.grid_mm, args.imaged_truth, args.no_calcium, args.first_seed,
                     {"coronary_variation": args.coronary_variation, "base_fat": args.base_fat,
-                     "large_plaques": args.large_plaques}, args.method, args.classifier)
+                     "large_plaques": args.large_plaques}, args.classifier)
     write_csv(args.csv, rows)
     ours = summarise(rows, "agatston", "category")
     restored = summarise(rows, "agatston_restored", "restored_category")

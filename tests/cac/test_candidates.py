@@ -292,3 +292,16 @@ def test_train_classifier_command_defaults_are_the_training_functions() -> None:
     assert {"members", "phantoms", "lidc_trials", "seed", "workers", "out"} <= set(shared)
     for name in shared:
         assert command[name].default == function[name].default, name
+
+
+def test_insertion_sites_lie_in_epicardial_fat_near_the_heart_and_clear_of_calcium():
+    from medhub.synth.plaque_insertion import insertion_sites
+
+    shape = (40, 40, 40)
+    hu = np.full(shape, 40, np.int16)  # heart soft tissue ...
+    hu[:, :, 24:] = -100  # ... next to a slab of fat
+    hu[20, 20, 36] = 700  # calcium already in the fat: no site within 9 mm of it
+    sites = insertion_sites(hu.astype(np.float32), np.ones(shape, bool), hu >= 200, (1.5, 1.5, 1.5))
+    assert len(sites) and np.all(hu[tuple(sites.T)] == -100)
+    assert sites[:, 2].max() <= 24 + 4  # within 6 mm (4 voxels of 1.5 mm) of the soft tissue
+    assert np.all(np.linalg.norm((sites - [20, 20, 36]) * 1.5, axis=1) > 9.0)

@@ -204,64 +204,6 @@ def agreement_command(
         console.print(f"Bland–Altman plot: {plot}", highlight=False)
 
 
-@cac_app.command("train")
-def train_command(
-    out: Annotated[Path, typer.Option("--out", help="Where to write the weights (.pt); a .json sidecar is added.")],
-    epochs: Annotated[int, typer.Option("--epochs", min=1, help="Training epochs.")] = 30,
-    n_train: Annotated[int, typer.Option("--n-train", min=1, help="Number of training phantoms.")] = 96,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of initialisation and patch sampling.")] = 0,
-    steps_per_epoch: Annotated[int, typer.Option("--steps-per-epoch", min=1, help="Adam steps per epoch.")] = 40,
-    threads: Annotated[int, typer.Option("--threads", min=1, help="Torch CPU threads.")] = 2,
-    first_seed: Annotated[int, typer.Option("--first-seed", min=0, help="First training phantom seed.")] = 0,
-    init_from: Annotated[Path | None, typer.Option("--init-from", exists=True, dir_okay=False,
-                                                   help="Warm start from these weights (same network).")] = None,
-    time_limit: Annotated[float | None, typer.Option("--time-limit", min=1, help="Stop after the epoch that "
-                                                     "passes this many seconds.")] = None,
-    notes: Annotated[str | None, typer.Option("--notes", help="Free text kept in the weights' sidecar.")] = None,
-    hard_negatives: Annotated[float, typer.Option("--hard-negatives", min=0.0, max=0.9,
-                                                  help="Share of patches centred on non-coronary calcium "
-                                                       "(valve, aorta, stent).")] = 0.0,
-    hu_offset: Annotated[float, typer.Option("--hu-offset", min=0.0, max=100.0,
-                                             help="Half-range (HU) of the random HU shift of each patch.")] = 8.0,
-    tissue_contrast: Annotated[float, typer.Option("--tissue-contrast", min=0.0, max=60.0,
-                                                   help="Half-range (HU) of a random shift of fat, and half of it "
-                                                        "of soft tissue, calcium untouched.")] = 0.0,
-    insert_plaques: Annotated[float, typer.Option("--insert-plaques", min=0.0, max=0.9,
-                                                  help="Share of patches with a plaque painted into epicardial "
-                                                       "fat off the phantom's coronary paths.")] = 0.0,
-    lr: Annotated[float, typer.Option("--lr", min=1e-6, max=1.0,
-                                      help="Peak learning rate (cosine decay to 5 % of it).")] = 2e-3,
-    coronary_variation: Annotated[float, typer.Option("--coronary-variation", min=0.0, max=1.0,
-                                                      help="Share of training phantoms whose coronaries vary in "
-                                                           "course, groove depth and branches.")] = 0.0,
-    base_fat: Annotated[float, typer.Option("--base-fat", min=0.0, max=1.0,
-                                            help="Share of training phantoms with a fat pad deep in the heart's "
-                                                 "base round the proximal coronaries.")] = 0.0,
-    large_plaques: Annotated[float, typer.Option("--large-plaques", min=0.0, max=1.0,
-                                                 help="Share of training phantoms with 1-3 heavy calcifications "
-                                                      "(6-20 mm long, 12-45 mm² per slice).")] = 0.0,
-) -> None:
-    """Train the coronary-calcium lesion network on synthetic phantoms (training seeds only)."""
-    # Imported here so that other medhub commands start without loading torch.
-    from medhub.models.cac.lesions import sidecar_path
-    from medhub.models.cac.train import train
-
-    def log_epoch(history: dict[str, float]) -> None:
-        console.print(f"epoch {history['epoch']}: loss {history['loss']:.4f} (bce {history['bce']:.4f}, "
-                      f"dice {history['dice_loss']:.4f})", highlight=False)
-
-    # rich redraws its bars only on a terminal; a run writing to a log file reports each epoch as a line instead
-    side = train(out, n_train=n_train, epochs=epochs, seed=seed, steps_per_epoch=steps_per_epoch, threads=threads,
-                 log=None if console.is_terminal else log_epoch,
-                 first_seed=first_seed, init_from=init_from, time_limit_s=time_limit, notes=notes,
-                 hard_negatives=hard_negatives, hu_offset=hu_offset, tissue_contrast=tissue_contrast,
-                 insert_plaques=insert_plaques, lr=lr,
-                 phantom_variants={"coronary_variation": coronary_variation, "base_fat": base_fat,
-                                   "large_plaques": large_plaques})
-    Console().print(f"wrote {Path(out).resolve()} (sha256 {side['sha256']}, {side['size_bytes']} bytes) "
-                    f"and {sidecar_path(Path(out)).resolve()}")
-
-
 @cac_app.command("train-classifier")
 def train_classifier_command(
     out: Annotated[Path | None, typer.Option("--out", help="Where to write the LightGBM models (.txt, or .txt.gz "

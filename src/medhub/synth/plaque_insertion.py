@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage as ndi
 
+from medhub.masks import dilate_mm
 from medhub.synth.cac_phantom import (
     LARGE_PLAQUE_AREA_MM2,
     LARGE_PLAQUE_LENGTH_MM,
@@ -35,12 +36,34 @@ FINE_MM = 0.2
 #: The target-grid block (voxels each side of the site) that a plaque and its vessel may touch; wider for the
 #: heavy calcifications (up to 10 mm half-length, plus the slice profile and the resampling).
 HALF_BOX, HALF_BOX_LARGE = 4, 5
-#: Where plaques go on a real scan (with :func:`medhub.models.cac.train.insertion_sites`): this far (mm) from
+#: Where plaques go on a real scan (with :func:`insertion_sites`): this far (mm) from
 #: calcium or bone already there and from lung, and per trial this many plaques at least this far apart (mm).
 SITE_CLEAR_MM, SITE_LUNG_CLEAR_MM = 12.0, 6.0
 PLAQUES_PER_TRIAL, MIN_APART_MM = 3, 30.0
 #: Lumen radius (mm) and HU of the vessel around a plaque (non-contrast blood).
 VESSEL_RADIUS_MM, LUMEN_HU = (1.0, 2.0), 40.0
+
+
+#: Insertion sites: epicardial fat (HU range), within this distance (mm) of the heart's soft tissue, and this far
+#: (mm) from calcium, bone or metal unless the caller says otherwise.
+INSERT_FAT_HU, INSERT_NEAR_SOFT_MM, INSERT_CLEAR_MM = (-150.0, -40.0), 6.0, 9.0
+
+
+def insertion_sites(hu: np.ndarray, heart: np.ndarray, dense: np.ndarray, spacing_mm: Sequence[float],
+                    clear_mm: float = INSERT_CLEAR_MM, lung_clear_mm: float | None = None) -> np.ndarray:
+    """Voxel indices ``(N, 3)`` of fat inside ``heart``, within :data:`INSERT_NEAR_SOFT_MM` of its soft tissue and
+    ``clear_mm`` clear of ``dense`` (calcium, bone, metal), and with ``lung_clear_mm``, as far from lung: where
+    coronary plaques lie on real hearts, whatever path a phantom's coronaries take."""
+    fat = heart & (hu >= INSERT_FAT_HU[0]) & (hu <= INSERT_FAT_HU[1])
+    soft = heart & (hu > 20.0) & (hu < 100.0)
+    if not fat.any() or not soft.any():
+        return np.zeros((0, 3), np.intp)
+    keep = fat & dilate_mm(soft, spacing_mm, INSERT_NEAR_SOFT_MM)
+    if dense.any():
+        keep &= ~dilate_mm(dense, spacing_mm, clear_mm)
+    if lung_clear_mm is not None:
+        keep &= ~dilate_mm(hu < -400.0, spacing_mm, lung_clear_mm)
+    return np.argwhere(keep)
 
 
 def fine_axes(half_box: int, grid_mm: Sequence[float]) -> list[np.ndarray]:

@@ -8,8 +8,7 @@ Pipeline on a :class:`~medhub.io.volume.Volume` (HU, LPS), viewed in canonical o
 2. contrast check: a median blood pool above :data:`CONTRAST_BLOOD_POOL_HU` is refused;
 3. metal (stents, wires, valves) inside the heart region is flagged, listed and masked out;
 4. coronary calcium inside the dilated heart region: every ``>= 130 HU`` candidate (:mod:`.candidates`) judged by
-   the classifier (:mod:`.classifier`; the 0.x 3D U-Net of :mod:`.lesions` stays switchable with
-   ``lesion_method = "network"``), each accepted lesion cut slice by slice at its half-maximum HU to undo the
+   the classifier (:mod:`.classifier`), each accepted lesion cut slice by slice at its half-maximum HU to undo the
    PSF's spread of dense calcium where the grid resolves it (:func:`.lesions.scored_footprint`); lesions touching
    lung are dropped (pulmonary), and so are specks that noise alone explains (under 4 mm² and under 4.5 noise SDs
    above the heart's soft tissue);
@@ -28,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
 
-from medhub.cac.scoring import CalciumScore, Lesion, ScoringConvention, score_calcium
+from medhub.cac.scoring import CalciumScore, ScoringConvention, score_calcium
 from medhub.errors import InputError
 from medhub.hub.model import FolderModel, Prediction, Table
 from medhub.io.orientation import canonical_volume, undo_canonical
@@ -42,7 +41,6 @@ from medhub.models.cac.lesions import (
     drop_noise_like,
     footprint_rule,
     scored_footprint,
-    segment_calcium,
     soft_tissue_noise,
 )
 from medhub.models.cac.restoration import restore_agatston
@@ -67,38 +65,30 @@ METAL_BLOOM_VOXELS = 2
 #: mg hydroxyapatite per cm³ per HU; a typical 120 kVp value, used when no calibration phantom is scanned.
 DEFAULT_CALIBRATION_MG_CM3_PER_HU = 0.743
 
-#: How far around the heart mask the lesion search reaches. Coronaries run on the heart's surface, but the classical
-#: heart mask falls short of the heart's base and of the aortic root (left main) by up to 9 mm on the phantoms; the
-#: lesion network was trained on regions 3-12 mm around the heart.
+#: How far around the heart mask the candidate search reaches. Coronaries run on the heart's surface, but the
+#: classical heart mask falls short of the heart's base and of the aortic root (left main) by up to 9 mm on the
+#: phantoms.
 HEART_MARGIN_MM = 10.0
 
 
 class CAC(FolderModel):
     folder = Path(__file__).parent
     convention = ScoringConvention(mode="mapped")
-    #: "candidates" (since 0.8.0): every >= 130 HU component judged by the candidate classifier at
-    #: :attr:`classifier_path`; "network": the 0.x lesion U-Net, kept switchable for comparison (it detects 44 %
-    #: of the plaques inserted into real scans, the candidates 90 %; benchmarks/RESULTS.md).
-    lesion_method = "candidates"
 
     @property
     def classifier_path(self) -> Path:
+        """The candidate classifier (the card's weights): every >= 130 HU component is judged by it (since 0.8.0)."""
         return self.folder / "weights" / "cac_candidates.txt.gz"
-
-    @property
-    def weights_path(self) -> Path:
-        """The lesion network's weights (an extra weights file since the candidate classifier)."""
-        return self.folder / "weights" / "cac_lesion_unet.pt"
 
     def predict(self, volume: Volume) -> Prediction:
         # Every step sees the scan in canonical order (axis 0 the axial slices, feet first; rows anterior to
-        # posterior; columns right to left), whatever order the file stored it in: the network was trained in that
-        # order and Agatston lesions are axial. A RAS NIfTI of LIDC 0987 scored 72 instead of 108 without it.
+        # posterior; columns right to left), whatever order the file stored it in: the classifier was trained in
+        # that order and Agatston lesions are axial. A RAS NIfTI of LIDC 0987 scored 72 instead of 108 without it.
         volume, orientation = canonical_volume(volume)
         hu = volume.array
         spacing = volume.spacing
         scan = prepare_scan(hu, spacing, volume.direction)
-        heart, region, metal_mask, metal = scan.heart, scan.region, scan.metal_mask, scan.metal
+        heart, metal = scan.heart, scan.metal
         tissue_hu, noise_sd = scan.soft_tissue_hu, scan.noise_sd
         warnings = []
         if heart.coverage != "full":
@@ -108,19 +98,11 @@ class CAC(FolderModel):
             warnings.append(f"metal (stent?) of {item['volume_mm3']:.0f} mm³, peak {item['peak_hu']:.0f} HU at "
                             f"slices {item['first_slice']}-{item['last_slice']}: excluded from the score")
         findings: dict[str, float] = {}
-        candidate_rows: list[dict] | None = None
-        if self.lesion_method == "network":
-            lesions = scored_footprint(hu, segment_calcium(hu, spacing, region & ~metal_mask, self.weights_path,
-                                                        heart_mask=heart.mask, soft_tissue_hu=tissue_hu), spacing)
-            lesions, dropped = drop_lung_contact(hu, lesions, spacing)
-            lesions, noise_like = drop_noise_like(hu, lesions, spacing, tissue_hu, noise_sd)
-            dropped += noise_like
-        else:
-            judged = judge_candidates(hu, spacing, scan, self.classifier_path)
-            lesions, dropped, candidate_rows = judged.coronary, judged.dropped, judged.rows
-            for kind, mask in judged.non_coronary.items():
-                findings[f"{kind}_calcium_agatston"] = round(score_calcium(
-                    hu, spacing, mask, self.convention).agatston, 3) if mask.any() else 0.0
+        judged = judge_candidates(hu, spacing, scan, self.classifier_path)
+        lesions, dropped, candidate_rows = judged.coronary, judged.dropped, judged.rows
+        for kind, mask in judged.non_coronary.items():
+            findings[f"{kind}_calcium_agatston"] = round(score_calcium(
+                hu, spacing, mask, self.convention).agatston, 3) if mask.any() else 0.0
         score = score_calcium(hu, spacing, lesions, self.convention, affine=volume.affine,
                               calibration_factor=DEFAULT_CALIBRATION_MG_CM3_PER_HU,
                               nominal_slice_thickness_mm=volume.meta.get("nominal_slice_thickness_mm"))
@@ -149,13 +131,10 @@ class CAC(FolderModel):
         if restored.agatston is not None:
             values["agatston_restored"] = restored.agatston
         values.update(findings)
-        if candidate_rows is None:
-            table = Table(Lesion.COLUMNS, [lesion.to_dict() for lesion in score.lesions])
-        else:
-            per_candidate = candidate_agatston(score)
-            for row in candidate_rows:
-                row["agatston"] = round(per_candidate.get(row["id"], 0.0), 3)
-            table = Table(CANDIDATE_COLUMNS, [{**row, **lps_centroid(row, volume.affine)} for row in candidate_rows])
+        per_candidate = candidate_agatston(score)
+        for row in candidate_rows:
+            row["agatston"] = round(per_candidate.get(row["id"], 0.0), 3)
+        table = Table(CANDIDATE_COLUMNS, [{**row, **lps_centroid(row, volume.affine)} for row in candidate_rows])
         return Prediction(
             labels=labels, values=values, warnings=warnings,
             extra={"index_order": INDEX_ORDER, "score": score.to_dict(), "lesion_footprint": footprint_rule(spacing),

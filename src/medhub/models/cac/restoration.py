@@ -25,6 +25,7 @@ Units: spacing and thickness in mm (slice, row, column), HU, scores in Agatston 
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -39,7 +40,25 @@ from medhub.cac.scoring import ScoringConvention, score_calcium
 from medhub.image_quality import edge_spread_sigma_mm
 from medhub.io.files import sidecar_path
 from medhub.masks import crop_centred
-from medhub.models.cac.lesions import deterministic_torch
+
+
+@contextmanager
+def deterministic_torch(threads: int | None = 1):
+    """Fixed thread count and deterministic algorithms for the duration of the block (restored afterwards)."""
+    old_threads = torch.get_num_threads()
+    old_det = torch.are_deterministic_algorithms_enabled()
+    old_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    try:
+        if threads is not None:
+            torch.set_num_threads(int(threads))
+        # torch.use_deterministic_algorithms() also sets an inductor option and imports torch._inductor and
+        # torch._dynamo for it: about 2 s on one core. The eager flag alone is what inference needs.
+        torch._C._set_deterministic_algorithms(True, warn_only=True)
+        yield
+    finally:
+        torch.set_num_threads(old_threads)
+        torch._C._set_deterministic_algorithms(old_det, warn_only=old_warn)
+
 
 #: Patch stored round a group's centroid (slices, rows, columns); the network sees its middle :data:`NET_PATCH`.
 PATCH = (7, 24, 24)

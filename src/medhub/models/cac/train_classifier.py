@@ -63,7 +63,8 @@ FOLDER = Path(__file__).resolve().parent
 DEFAULT_OUT = FOLDER / "weights" / "cac_candidates.txt.gz"
 LIDC = FOLDER.parents[3].parent / "shared" / "data" / "lidc_chest_ct"
 LIDC_CASES = ("0187", "0987")
-#: First phantom seed: the lesion network used 0-679, the restoration 1,300-2,899, validation 5,000-6,059.
+#: First phantom seed: the 0.x lesion network (removed in 0.14.0) used 0-679, the restoration 1,300-2,899,
+#: validation 5,000-6,059.
 PHANTOM_FIRST_SEED = 7000
 #: Weight of a real scan's own background candidates, which come back in every trial.
 REPEAT_WEIGHT = 0.2
@@ -155,13 +156,13 @@ def _with_inserted_plaques(volume: Volume, heart: np.ndarray, codes: np.ndarray,
                            rng: np.random.Generator) -> tuple[Volume, np.ndarray]:
     """1-3 plaques inserted into the epicardial fat of a 3 mm phantom (:mod:`medhub.synth.plaque_insertion`),
     marked ``code`` in ``codes``."""
-    from medhub.models.cac.train import insertion_sites
     from medhub.synth.plaque_insertion import (
         HALF_BOX_LARGE,
         MIN_APART_MM,
         SITE_CLEAR_MM,
         SITE_LUNG_CLEAR_MM,
         insert_plaques,
+        insertion_sites,
         pick_sites,
     )
 
@@ -199,13 +200,13 @@ def lidc_examples(case: str, trial: int, seed: int = 1, aortic_wall: int = 0) ->
     """Candidates of one LIDC scan with three inserted plaques and ``aortic_wall`` aortic wall calcifications (see
     the module docstring, source 2)."""
     from medhub.io.nifti import read_volume
-    from medhub.models.cac.train import insertion_sites
     from medhub.synth.plaque_insertion import (
         MIN_APART_MM,
         PLAQUES_PER_TRIAL,
         SITE_CLEAR_MM,
         SITE_LUNG_CLEAR_MM,
         insert_plaques,
+        insertion_sites,
         pick_sites,
     )
 
