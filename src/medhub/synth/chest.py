@@ -232,7 +232,9 @@ def lung_region(grid: Grid, g: ChestGeometry, side: int, exclude: np.ndarray | N
 
 
 RIDGE_MM = 2.0  # soft tissue between the two main bronchi's lumens at the carina (``carinal_ridge``)
-CARINAL_FLARE_MM = (12.0, 2.0)  # ``carinal_ridge``: the trachea's last 12 mm widen by 2 mm to the bronchi's openings
+#: ``carinal_ridge``: over its last FLARE_LENGTH_MM the trachea's radius grows by FLARE_WIDENING_MM, to hold both
+#: bronchi's openings (more, and ``find_airway``'s tube check no longer takes it for a trachea on a 3 mm grid).
+FLARE_LENGTH_MM, FLARE_WIDENING_MM = 12.0, 2.0
 
 
 def airway_centerlines(g: ChestGeometry) -> dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]]:
@@ -258,9 +260,9 @@ def airway_masks(grid: Grid, g: ChestGeometry) -> tuple[np.ndarray, np.ndarray]:
             segments.append((p0, p1, r, r))
             continue
         p0 = (grid.half_extent[0] + 5.0, p0[1], p0[2])  # keep the trachea's top inside the grid for the bounding box
-        if g.carinal_ridge:  # the trachea widens over its last CARINAL_FLARE_MM to hold both bronchi's openings
-            flare = (p1[0] + CARINAL_FLARE_MM[0], p1[1], p1[2])
-            segments += [(p0, flare, r, r), (flare, p1, r, r + CARINAL_FLARE_MM[1])]
+        if g.carinal_ridge:
+            flare = (p1[0] + FLARE_LENGTH_MM, p1[1], p1[2])
+            segments += [(p0, flare, r, r), (flare, p1, r, r + FLARE_WIDENING_MM)]
         else:
             segments.append((p0, p1, r, r))
     outer = np.zeros(grid.shape, bool)
