@@ -219,9 +219,9 @@ def test_soft_tissue_rule_leaves_out_the_liver_dome():
         segment_heart(vol.array, vol.spacing, vol.direction, inferior="guess")
 
 
-def test_soft_tissue_rule_keeps_the_phantom_apex():
-    """A phantom's heart reaches well below its liver junction; the soft-tissue rule follows it there, where the
-    cap stops short."""
+@cache
+def _training_phantom_3mm():
+    """Training-draw phantom 7002 made on a 3 mm grid (no contrast), and its volume."""
     from medhub.io.volume import Volume
     from medhub.synth.cac_phantom import make_cac_phantom, random_phantom_params
 
@@ -229,7 +229,13 @@ def test_soft_tissue_rule_keeps_the_phantom_apex():
     params.update(shape=(round(params["shape"][0] * params["spacing"][0] / 3.0), 240, 240), spacing=(3.0, 1.5, 1.5),
                   slice_thickness_mm=3.0, contrast=False)
     phantom = make_cac_phantom(**params)
-    vol = Volume(array=phantom.hu, affine=phantom.affine, modality="CT")
+    return phantom, Volume(array=phantom.hu, affine=phantom.affine, modality="CT")
+
+
+def test_soft_tissue_rule_keeps_the_phantom_apex():
+    """A phantom's heart reaches well below its liver junction; the soft-tissue rule follows it there, where the
+    cap stops short."""
+    phantom, vol = _training_phantom_3mm()
     truth_bottom = np.nonzero(phantom.heart_mask.any(axis=(1, 2)))[0].min()  # axis 0 runs from the feet up here
     bottoms = {}
     for rule in ("cap", "soft-tissue"):
@@ -243,14 +249,7 @@ def test_phantom_heart_top_meets_the_true_top():
     """The heart's top is cut 20 mm under the carina, on patients and phantoms alike. The phantom's airway splits
     at its carina, as a real one does (until cac 0.13.0 it was seen split 11 mm lower, and our top lay 9 mm under
     the phantom heart's; benchmarks/cac_heart_mask.py)."""
-    from medhub.io.volume import Volume
-    from medhub.synth.cac_phantom import make_cac_phantom, random_phantom_params
-
-    params = random_phantom_params(7002)
-    params.update(shape=(round(params["shape"][0] * params["spacing"][0] / 3.0), 240, 240), spacing=(3.0, 1.5, 1.5),
-                  slice_thickness_mm=3.0, contrast=False)
-    phantom = make_cac_phantom(**params)
-    vol = Volume(array=phantom.hu, affine=phantom.affine, modality="CT")
+    phantom, vol = _training_phantom_3mm()
     res = segment_heart(phantom.hu, vol.spacing, vol.direction)
     assert res.found and res.info["top_rule"] == "carina"
     top = np.nonzero(res.mask.any(axis=(1, 2)))[0].max()  # axis 0 runs from the feet up here

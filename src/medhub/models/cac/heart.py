@@ -27,18 +27,18 @@ Method, on a canonical working grid of about 3 mm (axis 0 head, 1 posterior, 2 p
    (coverage "partial-top").
 4. Shape prior: a 3D opening with a 15 mm ball keeps bulky structures (the heart, the liver dome) and removes
    the descending aorta, the oesophagus, vessels and thin tissue. The largest part is kept (the block).
-5. Liver: walking down from the top, the block is held between the lungs until the liver dome (or the
-   spleen/stomach under the left dome) joins it: then its right or left edge jumps outwards by more than
-   24 mm under the lung base. The slice above that jump is the last one taken as is (fallback rule: the slice of
-   least area after the widest one, when the area then grows by 25 %). Either rule passes over a junction with
-   less than a heart's volume (``MIN_HEART_ML``) of block above it: a scan that starts in the great vessels
-   without a carina narrows and widens where they enter the heart (cac 0.13.1). Below it the heart is an ellipsoidal cap
-   of height 18 mm over that slice's cross-section (area falling as ``1 - (d / 18 mm)^2``) (``inferior="cap"``,
-   the rule until cac 0.12.0). The default since cac 0.13.0, ``inferior="soft-tissue"``, follows the heart down
-   instead: each slice below the junction keeps the soft tissue (> -30 HU) whose 2D components lie mostly under
-   the heart of the slice above, as a convex hull grown by one voxel of epicardial fat within it; the liver, which
-   reaches out from under the heart and is parted from it by fat, is left out. The cap reached into a real scan's
-   liver dome and stopped 10 mm short of the phantoms' apex (``benchmarks/cac_heart_mask.py``).
+5. Liver: walking down from the top, the block is held between the lungs until the liver dome (or the spleen/stomach
+   under the left dome) joins it: then its right or left edge jumps outwards by more than 24 mm under the lung base. The
+   slice above that jump is the last one taken as is (fallback rule: the slice of least area after the widest one, when
+   the area then grows by 25 %). Either rule passes over a junction with less than a heart's volume (``MIN_HEART_ML``)
+   of block above it: a scan that starts in the great vessels without a carina narrows and widens where they enter the
+   heart (cac 0.13.1). Below it the heart is an ellipsoidal cap of height 18 mm over that slice's cross-section (area
+   falling as ``1 - (d / 18 mm)^2``) (``inferior="cap"``, the rule until cac 0.12.0). The default since cac 0.13.0,
+   ``inferior="soft-tissue"``, follows the heart down instead: each slice below the junction keeps the soft tissue
+   (> -30 HU) whose 2D components lie mostly under the heart of the slice above, as a convex hull grown by one voxel of
+   epicardial fat within it; the liver, which reaches out from under the heart and is parted from it by fat, is left
+   out. The cap reached into a real scan's liver dome and stopped 10 mm short of the phantoms' apex
+   (``benchmarks/cac_heart_mask.py``).
 6. Each slice of the heart is replaced by its convex hull (inside the mediastinum), holes are filled, and the
    mask is brought back to the input grid by linear interpolation of the block mask (bounding box only).
 
